@@ -1,0 +1,5 @@
+"""User-facing errors: one clear line that names the bad value and what is accepted."""
+
+
+class H2TError(ValueError):
+    """Bad user input or missing prerequisite. The CLI prints it as one line, no traceback."""

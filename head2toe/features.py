@@ -1,0 +1,72 @@
+"""Per-layer feature blocks: the in-memory form of one split of one cached extraction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from head2toe.normalize import unit_normalize
+
+
+@dataclass
+class LayerFeatures:
+    """Pooled activations of one split: `layers[name]` is (N, d_name); rows align with `labels`.
+
+    Stored un-normalised (float16 or float32); normalisation happens in `matrix`, per layer,
+    so the same blocks serve both the all-features probe and the re-normalised selection.
+    """
+
+    layers: dict[str, np.ndarray]
+    labels: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        for name, block in self.layers.items():
+            if block.ndim != 2 or block.shape[0] != n:
+                raise ValueError(f"layer {name!r} has shape {block.shape}; expected ({n}, d)")
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.layers)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {k: v.shape[1] for k, v in self.layers.items()}
+
+    @property
+    def n_features(self) -> int:
+        return sum(self.widths.values())
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def rows(self, idx: np.ndarray) -> "LayerFeatures":
+        return LayerFeatures({k: v[idx] for k, v in self.layers.items()}, self.labels[idx], self.meta)
+
+    def subset(self, names: list[str]) -> "LayerFeatures":
+        missing = [n for n in names if n not in self.layers]
+        if missing:
+            raise KeyError(f"layers not available: {missing}; have {self.layer_names}")
+        return LayerFeatures({n: self.layers[n] for n in names}, self.labels, self.meta)
+
+    def check_finite(self) -> None:
+        """Refuse NaN/Inf before a probe silently learns nothing; names the layer."""
+        for name, block in self.layers.items():
+            if not np.isfinite(block).all():
+                bad = int((~np.isfinite(block)).any(axis=1).sum())
+                raise ValueError(f"layer {name!r} holds NaN/Inf in {bad} of {len(block)} rows")
+
+    def matrix(self, kept: dict[str, np.ndarray] | None = None) -> torch.Tensor:
+        """h_all: every layer (or only its `kept` columns) unit-normalised, then concatenated."""
+        blocks = []
+        for name, block in self.layers.items():
+            if kept is not None:
+                if name not in kept or len(kept[name]) == 0:
+                    continue
+                block = block[:, kept[name]]
+            blocks.append(torch.from_numpy(unit_normalize(np.asarray(block))))
+        if not blocks:
+            return torch.zeros(len(self), 0)
+        return torch.cat(blocks, dim=1)

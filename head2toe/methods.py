@@ -1,0 +1,147 @@
+"""Feature-level transfer methods behind one interface (`get_method(name).evaluate(...)`).
+
+All of them are linear probes on cached pooled activations; they differ in which layers
+they read, the penalty, and whether a second probe is trained on selected features.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from head2toe.features import LayerFeatures
+from head2toe.probe import ProbeConfig, train_probes
+from head2toe.selection import count_kept, select_features, select_layers
+
+PRELOGITS = "pre_logits"
+
+
+@dataclass(frozen=True)
+class HParams:
+    """One point of a method's grid. Keep fractions are evaluated inside the same trial:
+    they reuse the group-lasso head, so they cost only the small second probe."""
+
+    lr: float
+    steps: int
+    coef: float
+    target_size: int
+    keep_fractions: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if int(self.steps) != self.steps or self.steps <= 0:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if self.coef < 0:
+            raise ValueError(f"coef must be >= 0, got {self.coef!r}")
+        if int(self.target_size) != self.target_size or self.target_size <= 0:
+            raise ValueError(f"target_size must be a positive integer, got {self.target_size!r}")
+        for f in self.keep_fractions:
+            if not 0 < f <= 1:
+                raise ValueError(f"keep fraction must be in (0, 1], got {f!r}")
+
+    def as_dict(self) -> dict:
+        return {"lr": self.lr, "steps": self.steps, "coef": self.coef, "target_size": self.target_size}
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of one (hp, keep fraction) on an evaluation split, plus what it kept."""
+
+    method: str
+    hp: HParams
+    keep_fraction: float | None
+    accuracy: float
+    n_features_total: int
+    n_features_kept: int
+    train_loss: float
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        return (self.hp.lr, self.hp.steps, self.hp.coef, self.hp.target_size, self.keep_fraction or 0.0)
+
+
+@dataclass(frozen=True)
+class FeatureMethod:
+    """A probe method over cached features.
+
+    `layers`: "pre_logits" (Linear) or "all". `selection`: None, "features" (Head2Toe) or
+    "layers" (the layers-vs-features ablation).
+    """
+
+    name: str
+    penalty: str
+    layers: str = "all"
+    selection: str | None = None
+    description: str = ""
+
+    @property
+    def needs_keep_fractions(self) -> bool:
+        return self.selection is not None
+
+    def input_layers(self, available: list[str]) -> list[str]:
+        if self.layers == PRELOGITS:
+            if PRELOGITS not in available:
+                raise KeyError(f"method {self.name!r} needs layer {PRELOGITS!r}; features have {available[:5]}...")
+            return [PRELOGITS]
+        return list(available)
+
+    def evaluate(
+        self,
+        train: LayerFeatures,
+        evaluation: LayerFeatures,
+        hps: list[HParams],
+        num_classes: int,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> list[EvalResult]:
+        """Train on `train`, score on `evaluation`, for every hp (and keep fraction).
+
+        All hps must share one target size (they read the same features); the first-stage
+        heads of all hps are trained together as one wide head.
+        """
+        if len({h.target_size for h in hps}) > 1:
+            raise ValueError("evaluate() takes hps of one target size; group them by target size first")
+        names = self.input_layers(train.layer_names)
+        tr, ev = train.subset(names), evaluation.subset(names)
+        x_tr, x_ev = tr.matrix(), ev.matrix()
+        configs = [ProbeConfig(h.lr, h.steps, self.penalty, h.coef) for h in hps]
+        heads = train_probes(x_tr, tr.labels, num_classes, configs, seed=seed, device=device)
+        total = tr.n_features
+        results: list[EvalResult] = []
+        for h, head in zip(hps, heads):
+            if self.selection is None:
+                acc = head.accuracy(x_ev, ev.labels)
+                results.append(EvalResult(self.name, h, None, acc, total, total, head.final_loss))
+                continue
+            fractions = h.keep_fractions or (1.0,)
+            scores = head.feature_scores()
+            select = select_features if self.selection == "features" else select_layers
+            for f in fractions:
+                kept = select(scores, tr.widths, f)
+                xs_tr, xs_ev = tr.matrix(kept), ev.matrix(kept)
+                (second,) = train_probes(xs_tr, tr.labels, num_classes, [ProbeConfig(h.lr, h.steps)], seed, device)
+                acc = second.accuracy(xs_ev, ev.labels)
+                results.append(EvalResult(self.name, h, f, acc, total, count_kept(kept), second.final_loss, kept))
+        return results
+
+
+METHODS: dict[str, FeatureMethod] = {
+    m.name: m
+    for m in [
+        FeatureMethod("linear", "l2", layers=PRELOGITS, description="pre-logits features only (Linear)"),
+        FeatureMethod("all_l2", "l2", description="all layers, L2 penalty, no selection"),
+        FeatureMethod("all_l1", "l1", description="all layers, L1 penalty, no selection"),
+        FeatureMethod("all_group", "group", description="all layers, group-lasso penalty, no selection"),
+        FeatureMethod("head2toe", "group", selection="features", description="group-lasso scores, keep top features, retrain"),
+        FeatureMethod("head2toe_layers", "group", selection="layers", description="ablation: keep whole layers, retrain"),
+    ]
+}
+
+
+def get_method(name: str) -> FeatureMethod:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,44 @@
+"""`h2t backbones`: registered backbones, their weights source and tapped layers."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from head2toe.backbones import BACKBONES, PRE_LOGITS, LOGITS, get_spec
+
+
+def _describe(name: str) -> dict:
+    import timm
+
+    spec = get_spec(name)
+    model = timm.create_model(spec.timm_id, pretrained=False)
+    taps = [*spec.taps(model), PRE_LOGITS, LOGITS]
+    return {
+        "name": name, "timm_id": spec.timm_id, "weights_source": spec.weights_source,
+        "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
+        "n_layers": len(taps), "layers": taps,
+    }
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON list on stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    rows = [_describe(n) for n in BACKBONES]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<20} timm={r['timm_id']:<24} input={r['input_size']}  layers={r['n_layers']:<3} weights: {r['weights_source']}")
+        print(f"{'':<20} taps: {', '.join(r['layers'][:4])}, ..., {', '.join(r['layers'][-3:])}")
+    print("\nAny other timm model name works too (taps from its feature_info).")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs._entry import standalone
+
+    sys.exit(standalone(configure, main, "python -m jobs.backbones"))

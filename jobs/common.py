@@ -1,0 +1,83 @@
+"""Argument groups and builders shared by the jobs (backbone, features, output)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from head2toe.backbones import Backbone, create_backbone
+from head2toe.errors import H2TError
+from head2toe.provider import FeatureProvider
+
+
+def add_backbone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", default="efficientnet_lite0", help="registry name (h2t backbones) or a timm model name")
+    p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
+    p.add_argument("--checkpoint", default=None, help="local checkpoint file for timm backbones")
+    p.add_argument("--input-size", type=int, default=None, help="override the backbone's input size (px)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per backbone forward")
+    p.add_argument("--cache", default=None, help="feature cache URI (folder, s3://, gs://); default $H2T_CACHE or ~/.cache/h2t/features")
+
+
+def positive(kind: type, flag: str):
+    """argparse type: a positive finite number; names the flag in the error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a {kind.__name__}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{flag} must be > 0, got {text}")
+        return value
+    return parse
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--keep-fraction must be a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"--keep-fraction must be in (0, 1], got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--coef must be a number >= 0, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"--coef must be >= 0, got {text}")
+    return value
+
+
+def build_backbone(args: argparse.Namespace) -> Backbone:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise H2TError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    return create_backbone(args.backbone, weights=args.weights, input_size=args.input_size, checkpoint=args.checkpoint, device=device)
+
+
+def build_provider(args: argparse.Namespace, backbone: Backbone, progress: bool = True) -> FeatureProvider:
+    return FeatureProvider(backbone, store=None, batch_size=args.batch_size, progress=progress)
+
+
+def emit_json(obj: dict) -> None:
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    json.dump(obj, sys.stdout, default=default)
+    sys.stdout.write("\n")
