@@ -26,9 +26,10 @@ WEIGHTS_CHOICES = ("pretrained", "random")
 def _resnet_taps(model: nn.Module) -> dict[str, str]:
     taps = {"after_root": "maxpool"}
     for name, mod in model.named_modules():
-        if name.count(".") == 1 and name.startswith("layer") and hasattr(mod, "act3"):
+        if name.count(".") == 1 and name.startswith("layer"):  # a residual unit (Bottleneck or BasicBlock)
             for a in ("act1", "act2", "act3"):
-                taps[f"{name}.{a}"] = f"{name}.{a}"
+                if hasattr(mod, a):
+                    taps[f"{name}.{a}"] = f"{name}.{a}"
     return taps
 
 

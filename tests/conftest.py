@@ -1,0 +1,18 @@
+"""Shared fixtures: small data, tiny inputs, one thread budget for a 2-core machine."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("H2T_NO_REEXEC", "1")  # subprocess jobs inherit the allocator `make test` chose
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def lite0_64():
+    """The embedded pretrained EfficientNet-Lite0 at 64 px (fast, still real transfer)."""
+    from head2toe.backbones import create_backbone
+
+    return create_backbone("efficientnet_lite0", input_size=64)

@@ -1,0 +1,80 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from head2toe.backbones import create_backbone
+from head2toe.errors import H2TError
+from head2toe.pooling import pooled_size
+from head2toe.preprocess import to_input
+
+# name -> (input size for the test, expected tap count incl. pre_logits and logits)
+MODELS = {
+    "efficientnet_lite0": (64, 51),
+    "resnet50": (64, 51),   # after_root + 16 units x 3 + pre_logits + logits
+    "vit_b16": (32, 52),    # embedded input + 12 blocks x 4 + encoded + pre_logits + logits
+    "resnet18": (64, 19),   # any timm name: root + 8 BasicBlocks x 2 activations + pre_logits + logits
+    "mobilenetv3_small_050": (64, None),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_taps_feature_info_and_one_forward(name):
+    size, n_taps = MODELS[name]
+    b = create_backbone(name, weights="random", input_size=size)
+    info = b.feature_info()
+    if n_taps is not None:
+        assert len(info) == n_taps
+    assert [i["name"] for i in info][-2:] == ["pre_logits", "logits"]
+    calls = []
+    b.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        acts = b.forward_taps(torch.zeros(2, 3, size, size))
+    assert len(calls) <= 1  # forward_features + forward_head: never a second full pass
+    for i in info:
+        assert tuple(acts[i["name"]].shape[1:]) == i["shape"]
+        assert pooled_size(i["shape"], 256) > 0
+    assert not any(p.requires_grad for p in b.model.parameters())
+
+
+def test_efficientnet_lite0_weights_predict_a_cat_for_chelsea():
+    from skimage.data import chelsea
+
+    b = create_backbone("efficientnet_lite0")
+    x = to_input(chelsea()[None], 224, b.spec.mean, b.spec.std)
+    with torch.inference_mode():
+        logits = b.forward_taps(x)["logits"]
+    assert int(logits.argmax()) in range(281, 286)  # ImageNet cat classes
+    assert b.weights_digest != "random-init-seed0"
+
+
+def test_missing_timm_weights_fail_fast_with_instructions(monkeypatch, tmp_path):
+    monkeypatch.setenv("H2T_CHECKPOINT_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.perf_counter()
+    with pytest.raises(H2TError, match="no pretrained weights for 'resnet50'.*--checkpoint"):
+        create_backbone("resnet50")
+    assert time.perf_counter() - start < 10
+
+
+def test_checkpoint_file_is_loaded(tmp_path):
+    src = create_backbone("resnet18", weights="random", input_size=32)
+    sd = {k: v + 1 if v.is_floating_point() else v for k, v in src.model.state_dict().items()}
+    path = tmp_path / "resnet18.pth"
+    torch.save(sd, path)
+    b = create_backbone("resnet18", checkpoint=str(path), input_size=32)
+    assert torch.equal(b.model.state_dict()["fc.bias"], sd["fc.bias"])
+    assert b.weights_digest != src.weights_digest
+
+
+def test_unknown_backbone():
+    with pytest.raises(H2TError, match="unknown backbone 'nope'"):
+        create_backbone("nope")
+
+
+def test_preprocess_mixed_sizes_and_grey():
+    imgs = [np.zeros((10, 20, 3), np.uint8), np.full((7, 7), 255, np.uint8)]
+    x = to_input(imgs, 16, (0.5,) * 3, (0.5,) * 3)
+    assert x.shape == (2, 3, 16, 16)
+    assert torch.allclose(x[0], torch.full_like(x[0], -1)) and torch.allclose(x[1], torch.ones_like(x[1]))

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from head2toe.pooling import pool_to_target, pooled_size
+
+
+def reference_count(shape, t):
+    """The rule written out independently of the implementation."""
+    if len(shape) == 3:
+        c, h, w = shape
+        if c >= t:
+            return c
+        n = math.floor(math.sqrt(t // c))
+        pool = w // n
+        return c * (h // pool) * (w // pool)
+    length, c = shape
+    if c >= t:
+        return c
+    pool = math.floor(length / (t / c))
+    return c * (length // pool)
+
+
+@pytest.mark.parametrize(
+    "shape,t",
+    [((32, 112, 112), 512), ((64, 56, 56), 1024), ((256, 56, 56), 8192), ((2048, 7, 7), 1024),
+     ((40, 28, 28), 2048), ((1280, 7, 7), 16384), ((197, 768), 1024), ((197, 3072), 8192),
+     ((197, 768), 4096), ((50, 64), 640)],
+)
+def test_pooled_count_matches_rule(shape, t):
+    x = torch.randn(2, *shape)
+    out = pool_to_target(x, t)
+    assert out.shape == (2, reference_count(shape, t)) == (2, pooled_size(shape, t))
+
+
+def test_global_average_when_channels_exceed_target():
+    x = torch.randn(3, 64, 5, 5)
+    assert torch.allclose(pool_to_target(x, 32), x.mean(dim=(2, 3)))
+    tokens = torch.randn(3, 10, 64)
+    assert torch.allclose(pool_to_target(tokens, 64), tokens.mean(dim=1))
+
+
+def test_strided_average_values():
+    # C=1, W=4, T=4 -> n=2, pool=2: four 2x2 block means
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert pool_to_target(x, 4).tolist() == [[2.5, 4.5, 10.5, 12.5]]
+    # tokens: L=4, C=1, T=2 -> pool=2 over tokens
+    t = torch.tensor([[[1.0], [3.0], [5.0], [7.0]]])
+    assert pool_to_target(t, 2).tolist() == [[2.0, 6.0]]
+
+
+def test_vectors_pass_through_and_bad_input():
+    v = torch.randn(4, 10)
+    assert pool_to_target(v, 3) is v
+    with pytest.raises(ValueError, match="target_size"):
+        pool_to_target(v, 0)
+    with pytest.raises(ValueError, match="rank"):
+        pool_to_target(torch.randn(1, 2, 3, 4, 5), 8)
