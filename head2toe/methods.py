@@ -58,6 +58,7 @@ class EvalResult:
     n_features_kept: int
     train_loss: float
     kept: dict[str, np.ndarray] = field(default_factory=dict)
+    widths: dict[str, int] = field(default_factory=dict)  # input layer widths (what `kept` indexes)
 
     def key(self) -> tuple:
         return (self.hp.lr, self.hp.steps, self.hp.coef, self.hp.target_size, self.keep_fraction or 0.0)
@@ -124,7 +125,7 @@ class FeatureMethod:
                 xs_tr, xs_ev = tr.matrix(kept), ev.matrix(kept)
                 (second,) = train_probes(xs_tr, tr.labels, num_classes, [ProbeConfig(h.lr, h.steps)], seed, device)
                 acc = second.accuracy(xs_ev, ev.labels)
-                results.append(EvalResult(self.name, h, f, acc, total, count_kept(kept), second.final_loss, kept))
+                results.append(EvalResult(self.name, h, f, acc, total, count_kept(kept), second.final_loss, kept, tr.widths))
         return results
 
 

@@ -160,7 +160,7 @@ def train_probes(
         return []
     device = torch.device(device) if device is not None else default_device()
     x = torch.as_tensor(x).to(device, torch.float32)
-    y = torch.as_tensor(y).to(device, torch.long)
+    y = torch.tensor(np.asarray(y), dtype=torch.long, device=device)
     if x.dim() != 2 or len(x) != len(y):
         raise ValueError(f"x must be (N, F) with N = len(y); got {tuple(x.shape)} and {len(y)} labels")
     if len(y) == 0:

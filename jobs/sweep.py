@@ -1,0 +1,46 @@
+"""`h2t sweep CONFIG.yaml` / `ray job submit -- python -m jobs.sweep CONFIG.yaml`.
+
+Validates the config before anything starts, attaches to a Ray cluster when there is one
+(else starts a local one), runs extraction, CV and final trials, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from orchestrator.config import load_config
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="sweep YAML (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue the latest run of this config: only unfinished trials run")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///OUT/mlflow.db)")
+    p.add_argument("--cache", default=None, help="feature cache URI (default from the config, $H2T_CACHE, ~/.cache/h2t/features)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--out", default=None, help="output folder (default out/<config name>)")
+
+
+def print_result(res) -> None:
+    print(f"\nSweep {res.sweep_id}: test accuracy (%), mean ± std over seeds")
+    print(res.summary.to_string() if not res.summary.empty else "(no finished final trials)")
+    print(f"\nMLflow: experiment {res.experiment!r} at {res.tracking_uri}")
+    if res.tracking_uri.startswith("sqlite:"):
+        print(f"  open the UI:  mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1 --port 5000")
+
+
+def main(args: argparse.Namespace) -> int:
+    from orchestrator.sweep import run_sweep
+
+    cfg = load_config(args.config, tracking_uri=args.tracking_uri, cache=args.cache)
+    out = Path(args.out or Path("out") / cfg.name)
+    res = run_sweep(cfg, out, resume=args.resume, address=args.address, config_text=Path(args.config).read_text())
+    print_result(res)
+    return 1 if res.counts["cv"]["errors"] or res.counts["final"]["errors"] else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs._entry import standalone
+
+    sys.exit(standalone(configure, main, "python -m jobs.sweep"))

@@ -1,0 +1,221 @@
+"""Sweep configs (YAML), validated before anything runs.
+
+A config names tasks, backbones, methods with their grids, seeds, folds, resources,
+where results and features go. Every mistake is reported as one line naming the field
+and what is accepted, before Ray starts or a backbone loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from head2toe.errors import H2TError
+from head2toe.methods import METHODS, HParams
+
+IMAGE_METHOD_NAMES = ("finetune", "scratch", "head2toe_ft")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackboneConfig(_Strict):
+    name: str
+    weights: str = "pretrained"
+    input_size: int | None = Field(default=None, gt=0)
+    checkpoint: str | None = None
+    batch_size: int = Field(default=32, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v not in ("pretrained", "random"):
+            raise ValueError(f"must be 'pretrained' or 'random', got {v!r}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from head2toe.backbones import BACKBONES
+
+        if v not in BACKBONES:
+            import timm
+
+            if not timm.is_model(v):
+                raise ValueError(f"unknown backbone {v!r}; use one of {', '.join(BACKBONES)} or a timm model name")
+        return v
+
+    def identity(self) -> dict:
+        return {"name": self.name, "weights": self.weights, "input_size": self.input_size, "checkpoint": self.checkpoint}
+
+
+class MethodGrid(_Strict):
+    """Grid of one method. Keep fractions are evaluated inside each trial (selection methods)."""
+
+    lr: list[float] = Field(min_length=1)
+    steps: list[int] = Field(min_length=1)
+    coef: list[float] = Field(default=[0.0], min_length=1)
+    target_size: list[int] = Field(default=[512], min_length=1)
+    keep_fractions: list[float] = Field(default_factory=list)
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v):
+        bad = [x for x in v if not x > 0]
+        if bad:
+            raise ValueError(f"learning rates must be > 0, got {bad}")
+        return v
+
+    @field_validator("steps", "target_size")
+    @classmethod
+    def _positive_int(cls, v):
+        bad = [x for x in v if x <= 0]
+        if bad:
+            raise ValueError(f"must be positive integers, got {bad}")
+        return v
+
+    @field_validator("coef")
+    @classmethod
+    def _coef(cls, v):
+        bad = [x for x in v if x < 0]
+        if bad:
+            raise ValueError(f"coefficients must be >= 0, got {bad}")
+        return v
+
+    @field_validator("keep_fractions")
+    @classmethod
+    def _fractions(cls, v):
+        bad = [x for x in v if not 0 < x <= 1]
+        if bad:
+            raise ValueError(f"keep fractions must be in (0, 1], got {bad}")
+        return v
+
+    def hparams(self) -> list[HParams]:
+        from head2toe.protocol import expand_grid
+
+        return expand_grid(self.lr, self.steps, self.coef, self.target_size, self.keep_fractions)
+
+
+class Resources(_Strict):
+    cpu: float = Field(default=1, gt=0)
+    gpu: float = Field(default=0, ge=0)
+
+    def as_tune(self) -> dict[str, float]:
+        return {"cpu": self.cpu, "gpu": self.gpu}
+
+
+class ResourcePlan(_Strict):
+    trial: Resources = Resources()
+    extract: Resources = Resources(cpu=1)
+    image_trial: Resources = Resources(cpu=2, gpu=0)
+
+
+class SweepConfig(_Strict):
+    name: str
+    experiment: str | None = None
+    tasks: list[str] = Field(min_length=1)
+    backbones: list[BackboneConfig] = Field(min_length=1)
+    methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    seeds: list[int] = Field(default=[0], min_length=1)
+    cv_seeds: list[int] = Field(default=[0], min_length=1)
+    folds: list[int] = Field(default=[0, 1, 2, 3, 4], min_length=1)
+    resources: ResourcePlan = ResourcePlan()
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    max_failures: int = Field(default=2, ge=0)
+    batch_hparams: bool = True
+    tracking_uri: str | None = None
+    cache: str | None = None
+    data_dir: str | None = None
+    expected: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _backbone_names(cls, v):
+        return [{"name": b} if isinstance(b, str) else b for b in (v or [])]
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v):
+        from head2toe.tasks import task_names
+
+        known = set(task_names())
+        bad = [t for t in v if t not in known and not t.startswith("imagefolder:")]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; known: {', '.join(sorted(known))} or imagefolder:PATH")
+        return v
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, v):
+        bad = [f for f in v if not 0 <= f < 5]
+        if bad:
+            raise ValueError(f"folds must lie in 0..4, got {bad}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _methods(self):
+        for name, grid in self.methods.items():
+            if name not in METHODS and name not in IMAGE_METHOD_NAMES:
+                raise ValueError(f"methods: unknown method {name!r}; choose from {', '.join([*METHODS, *IMAGE_METHOD_NAMES])}")
+            if name in METHODS:
+                try:
+                    parsed = MethodGrid(**(grid or {}))
+                except ValidationError as e:
+                    raise ValueError(f"methods.{name}.{_first_error(e)}") from None
+                if METHODS[name].needs_keep_fractions and not parsed.keep_fractions:
+                    raise ValueError(f"methods.{name}.keep_fractions: {name} needs at least one keep fraction in (0, 1]")
+                if not METHODS[name].needs_keep_fractions and parsed.keep_fractions:
+                    raise ValueError(f"methods.{name}.keep_fractions: only head2toe and head2toe_layers take keep fractions")
+        return self
+
+    def feature_grids(self) -> dict[str, MethodGrid]:
+        return {n: MethodGrid(**g) for n, g in self.methods.items() if n in METHODS}
+
+    def image_grids(self) -> dict[str, dict[str, Any]]:
+        return {n: g for n, g in self.methods.items() if n in IMAGE_METHOD_NAMES}
+
+    def target_sizes(self) -> list[int]:
+        return sorted({t for g in self.feature_grids().values() for t in g.target_size})
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or f"h2t-{self.name}"
+
+    def sweep_id(self) -> str:
+        """Stable id of what this sweep computes (not where it logs): resuming finds its runs."""
+        body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None or "got" in msg else f" (got {got!r})"
+    return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
+
+
+def load_config(path: str | Path, **overrides: Any) -> SweepConfig:
+    """Parse and validate a sweep YAML; any problem is one H2TError line naming the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise H2TError(f"config file {str(path)!r} not found; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise H2TError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise H2TError(f"{path}: expected a mapping of sweep settings at the top level, got {type(raw).__name__}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return SweepConfig(**raw)
+    except ValidationError as e:
+        raise H2TError(f"{path}: {_first_error(e)}") from None
