@@ -1,0 +1,63 @@
+"""Ablations read from the sweep's runs: layers vs features at equal budgets, and the
+"bitter lesson" (accuracy vs target size and vs number of layers used)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.runs import final_runs, keep_fraction_long
+
+HP = ["lr", "steps", "coef"]
+
+
+def layers_vs_features(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone, task and keep fraction that both head2toe and head2toe_layers were
+    cross-validated at: each method's best mean CV accuracy (over lr, steps, coef, target size;
+    mean over folds and seeds) and the features it kept. Equal keep fraction = equal budget
+    int(F * f); head2toe_layers may use less of it (whole layers must fit)."""
+    kf = keep_fraction_long(runs)
+    kf = kf[kf["method"].isin(["head2toe", "head2toe_layers"])]
+    cols = ["backbone", "task", "keep_fraction", "features_acc", "layers_acc", "features_kept", "layers_kept"]
+    if kf.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["backbone", "task", "method", "keep_fraction"]
+    per_hp = kf.groupby(keys + HP + ["target_size"]).agg(acc=("val_accuracy", "mean"), kept=("n_features_kept", "mean"))
+    best = per_hp.reset_index().sort_values("acc").drop_duplicates(keys, keep="last")
+    wide = best.pivot_table(index=["backbone", "task", "keep_fraction"], columns="method", values=["acc", "kept"])
+    if ("acc", "head2toe") not in wide or ("acc", "head2toe_layers") not in wide:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame({
+        "features_acc": 100 * wide[("acc", "head2toe")], "layers_acc": 100 * wide[("acc", "head2toe_layers")],
+        "features_kept": wide[("kept", "head2toe")], "layers_kept": wide[("kept", "head2toe_layers")],
+    }).dropna(subset=["features_acc", "layers_acc"])
+    return out.reset_index()[cols]
+
+
+def accuracy_vs_target_size(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone, task, method and target size: the best mean CV accuracy (%) over the other
+    hyper-parameters. Produced by CV trials whose grid lists several `target_size`s (the paper's
+    grid has 1024, 4096, 16384); with one target size each curve is a single point."""
+    cv = runs[(runs["stage"] == "cv") & runs.get("val_accuracy", pd.Series(dtype=float)).notna()]
+    cols = ["backbone", "task", "method", "target_size", "val_accuracy", "n_features_total"]
+    if cv.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["backbone", "task", "method", "target_size"]
+    per_hp = cv.groupby(keys + HP).agg(val_accuracy=("val_accuracy", "mean"), n_features_total=("n_features_total", "mean"))
+    best = per_hp.reset_index().sort_values("val_accuracy").drop_duplicates(keys, keep="last")
+    best["val_accuracy"] *= 100
+    return best[cols].sort_values(keys).reset_index(drop=True)
+
+
+def accuracy_vs_layers(runs: pd.DataFrame, selections_by_run: dict[str, dict]) -> pd.DataFrame:
+    """Per final run of a selection method with a selection artefact: test accuracy (%) against
+    the number of layers its kept features come from, and the number of candidate layers."""
+    final = final_runs(runs)
+    final = final[final["run_id"].isin(selections_by_run)]
+    rows = []
+    for r in final.itertuples():
+        sel = selections_by_run[r.run_id]
+        rows.append({"backbone": r.backbone, "task": r.task, "method": r.method, "seed": r.seed,
+                     "target_size": r.target_size, "keep_fraction": r.keep_fraction,
+                     "layers_used": sum(1 for v in sel["layers"].values() if len(v)), "layers_total": len(sel["layers"]),
+                     "test_accuracy": 100 * r.test_accuracy})
+    return pd.DataFrame(rows, columns=["backbone", "task", "method", "seed", "target_size", "keep_fraction",
+                                       "layers_used", "layers_total", "test_accuracy"])

@@ -1,0 +1,190 @@
+"""The whole analysis of one sweep as files: report.html (self-contained: tables and PNGs
+embedded as base64), report.md (figures linked), CSVs, LaTeX tables and figure PNGs."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import ablations, plots
+from analysis.affinity import affinity_note, domain_affinity
+from analysis.cost import cost_table, paper_cost_check
+from analysis.overlap import layer_share, pairwise_overlap, task_selections
+from analysis.published import compare, side_by_side
+from analysis.runs import DEFAULT_EXPERIMENT, final_runs, load_runs, load_selections
+from analysis.tables import PaperTable, paper_tables
+
+CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}td.best{font-weight:bold}
+.note{color:#555;font-size:13px}img{max-width:100%;border:1px solid #eee;margin:.5em 0}.scroll{overflow-x:auto}"""
+
+
+@dataclass
+class Section:
+    """A titled part of the report: notes, tables shown and saved (CSV name -> frame), tables only
+    saved, figures (file stem -> Figure) and rendered paper tables."""
+
+    title: str
+    notes: list[str] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    csv_only: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    paper_tables: list[PaperTable] = field(default_factory=list)
+
+
+def _figures(section: Section, **figs: Figure | None) -> None:
+    section.figures.update({k: f for k, f in figs.items() if f is not None})
+
+
+def build_sections(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> list[Section]:
+    """Everything the report shows, computed from the experiment's runs."""
+    runs = load_runs(tracking_uri, experiment)
+    all_runs = load_runs(tracking_uri, experiment, every_run=True)
+    final = final_runs(runs)
+    selections = load_selections(tracking_uri, runs)
+    tables = {b: t for b, t in paper_tables(runs).items() if len(t.mean.index)}
+
+    summary = Section("Runs", notes=[
+        f"Experiment <code>{html.escape(experiment)}</code> at <code>{html.escape(tracking_uri)}</code>.",
+        f"{len(runs)} trials counted once each (newest FINISHED run per trial key; {len(all_runs) - len(runs)} other "
+        f"runs: failed, unfinished or superseded retries). {len(final)} final (test) trials; "
+        f"backbones: {', '.join(sorted(set(runs['backbone'])))}; methods: {', '.join(sorted(set(runs['method'])))}.",
+    ], csv_only={"runs": runs})
+
+    main = Section("Paper tables", paper_tables=list(tables.values()),
+                   tables={f"table_{b}": t.long() for b, t in tables.items()})
+    if not tables:
+        main.notes.append("No final trials yet: the tables need the sweep's final stage.")
+
+    comparison = pd.concat([compare(t) for t in tables.values()] or [pd.DataFrame()], ignore_index=True)
+    versus = Section("Ours vs the paper", csv_only={"ours_vs_paper": comparison},
+                     tables={f"ours_vs_paper_{b}": side_by_side(comparison, b) for b in tables if not comparison.empty})
+    versus.notes.append("Per method and VTAB task: our mean over seeds vs the published number (difference, pp)."
+                        if not comparison.empty else "No runs on a backbone and VTAB task the paper reports (ResNet-50, ViT-B/16).")
+    _figures(versus, ours_vs_paper=plots.ours_vs_paper_plot(comparison))
+
+    affinity = pd.concat([domain_affinity(t) for t in tables.values()] or [pd.DataFrame(columns=["scratch_source"])], ignore_index=True)
+    aff = Section("Domain affinity", notes=["Affinity = Acc(Linear) − Acc(Scratch); gain = Acc(Head2Toe) − Acc(Linear).",
+                                            affinity_note(affinity)], tables={"domain_affinity": affinity})
+    _figures(aff, affinity=plots.affinity_plot(affinity))
+
+    lvf = ablations.layers_vs_features(runs)
+    layers = Section("Layers vs features", tables={"layers_vs_features": lvf}, notes=[
+        "Best CV accuracy of head2toe (select features) and head2toe_layers (select whole layers) at each keep fraction "
+        "both were cross-validated at." if not lvf.empty else "Needs CV trials of both head2toe and head2toe_layers at a common keep fraction."])
+    _figures(layers, layers_vs_features=plots.layers_vs_features_plot(lvf))
+
+    overlap = Section("Feature overlap", notes=[
+        "Between tasks, from the final Head2Toe selections (lowest seed; the most common target size): "
+        "overlap = |A∩B| / min(|A|,|B|), IoU = |A∩B| / |A∪B|; and the share of each task's kept features per layer."])
+    for bb in sorted(set(final["backbone"])):
+        chosen = task_selections(runs, selections, bb)
+        if not chosen:
+            continue
+        coef, jac = pairwise_overlap(chosen)
+        share = layer_share(chosen)
+        overlap.tables.update({f"overlap_{bb}": coef, f"iou_{bb}": jac, f"layer_share_{bb}": share})
+        _figures(overlap, **{
+            f"overlap_{bb}": plots.heatmap(coef, f"{bb}: |A∩B| / min(|A|,|B|)", "overlap") if len(chosen) > 1 else None,
+            f"iou_{bb}": plots.heatmap(jac, f"{bb}: IoU of kept features", "IoU") if len(chosen) > 1 else None,
+            f"layer_share_{bb}": plots.heatmap(share, f"{bb}: share of kept features per layer", "share", vmax=None,
+                                               annotate=False),
+        })
+    if not overlap.tables:
+        overlap.notes.append("No selection artefacts (selection/kept_indices.json of final head2toe trials) yet.")
+
+    sizes = ablations.accuracy_vs_target_size(runs)
+    used = ablations.accuracy_vs_layers(runs, selections)
+    bitter = Section("Bitter lesson: more layers, more features", tables={"accuracy_vs_target_size": sizes, "accuracy_vs_layers": used},
+                     notes=["Accuracy vs target size comes from CV trials over several target sizes (one curve per method); "
+                            "accuracy vs layers from the final selections (layers their kept features come from)."])
+    _figures(bitter, target_size=plots.target_size_plot(sizes), layers_used=plots.layers_used_plot(used))
+
+    cost = cost_table(runs)
+    check = paper_cost_check()
+    costs = Section("Cost", tables={"cost": cost, "paper_cost_check": check}, notes=[
+        "Head2Toe relative to fine-tuning and Linear: size = k·C + F/32 (kept weights + a bit mask), FLOPs = n·FWD + "
+        "1.18·2·S·B·F·C vs fine-tuning's 3·S·B·FWD (S=500, B=128, n=1000; see analysis.cost).",
+        f"The formula reproduces {int(check['slide_consistent'].sum())} of {len(check)} rows of the paper's cost table as "
+        "printed in the slides; the others have cells that do not fit any single formula (shifted or zero in the slide text)."])
+    _figures(costs, cost=plots.cost_plot(cost))
+    return [summary, main, versus, aff, layers, overlap, bitter, costs]
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    shown = frame if isinstance(frame.index, pd.RangeIndex) else frame.reset_index()
+    lines = ["| " + " | ".join(str(c) for c in shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for row in shown.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+SHOWN_INLINE = 40  # longer frames (e.g. every run) live in their CSV only
+
+
+def write_report(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, out: str | Path = "out/report") -> dict[str, Path]:
+    """Write report.html, report.md, CSVs (csv/), LaTeX tables (tables/) and PNGs (figures/) to
+    `out`; returns {"html", "markdown", "dir"} paths. Raises runs.NoRunsError when there is nothing to report."""
+    out = Path(out)
+    for sub in ("csv", "figures", "tables"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    sections = build_sections(tracking_uri, experiment)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body, md = [], [f"# Head2Toe report: {experiment}\n", f"Generated {stamp}.\n"]
+    for s in sections:
+        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        md.append(f"\n## {s.title}\n")
+        body += [f"<p class='note'>{n}</p>" for n in s.notes if n]
+        md += [f"{_strip_tags(n)}\n" for n in s.notes if n]
+        for t in s.paper_tables:
+            body.append(f"<h3>{html.escape(t.backbone)}</h3><div class='scroll'>{t.to_html()}</div>")
+            md.append(f"\n### {t.backbone}\n\n{t.to_markdown()}")
+            (out / "tables" / f"{t.backbone}.tex").write_text(t.to_latex())
+            (out / "tables" / f"{t.backbone}.md").write_text(t.to_markdown())
+        for name, frame in s.csv_only.items():
+            frame.to_csv(out / "csv" / f"{name}.csv", index=False)
+            link = f"csv/{name}.csv"
+            body.append(f"<p class='note'>{html.escape(name)}: {len(frame)} rows in <a href='{link}'>{link}</a></p>")
+            md.append(f"{name}: {len(frame)} rows in [{link}]({link})\n")
+        for name, frame in s.tables.items():
+            frame.to_csv(out / "csv" / f"{name}.csv", index=not isinstance(frame.index, pd.RangeIndex))
+            if s.paper_tables or frame.empty:
+                continue  # the paper tables are shown rendered; empty frames say nothing
+            link = f"csv/{name}.csv"
+            if len(frame) > SHOWN_INLINE:
+                body.append(f"<p class='note'>{html.escape(name)}: {len(frame)} rows in <a href='{link}'>{link}</a></p>")
+                md.append(f"{name}: {len(frame)} rows in [{link}]({link})\n")
+                continue
+            body.append(f"<h4>{html.escape(name)}</h4><div class='scroll'>"
+                        f"{frame.to_html(float_format=lambda v: f'{v:.4g}', border=0, na_rep='–', index=not isinstance(frame.index, pd.RangeIndex))}</div>")
+            md.append(f"\n**{name}** ([CSV]({link}))\n\n{_markdown_table(frame)}")
+        for name, fig in s.figures.items():
+            png = _png(fig)
+            (out / "figures" / f"{name}.png").write_bytes(png)
+            data = base64.b64encode(png).decode()
+            body.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(name)}</figcaption></figure>")
+            md.append(f"\n![{name}](figures/{name}.png)\n")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Head2Toe report: {html.escape(experiment)}</title>"
+            f"<style>{CSS}</style></head><body><h1>Head2Toe report: {html.escape(experiment)}</h1><p class='note'>Generated {stamp}.</p>"
+            + "\n".join(body) + "</body></html>")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    return {"html": out / "report.html", "markdown": out / "report.md", "dir": out}
+
+
+def _strip_tags(text: str) -> str:
+    return text.replace("<code>", "`").replace("</code>", "`")
