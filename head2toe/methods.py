@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from head2toe.features import LayerFeatures
-from head2toe.probe import ProbeConfig, train_probes
+from head2toe.probe import ProbeConfig, train_probes, train_probes_stacked
 from head2toe.selection import count_kept, select_features, select_layers
 
 PRELOGITS = "pre_logits"
@@ -112,21 +112,25 @@ class FeatureMethod:
         heads = train_probes(x_tr, tr.labels, num_classes, configs, seed=seed, device=device)
         total = tr.n_features
         results: list[EvalResult] = []
-        for h, head in zip(hps, heads):
+        selected: dict[int, list[tuple]] = {}  # n kept -> [(hp index, fraction, kept)], trained together
+        for i, (h, head) in enumerate(zip(hps, heads)):
             if self.selection is None:
                 acc = head.accuracy(x_ev, ev.labels)
                 results.append(EvalResult(self.name, h, None, acc, total, total, head.final_loss))
                 continue
-            fractions = h.keep_fractions or (1.0,)
             scores = head.feature_scores()
             select = select_features if self.selection == "features" else select_layers
-            for f in fractions:
+            for f in h.keep_fractions or (1.0,):
                 kept = select(scores, tr.widths, f)
-                xs_tr, xs_ev = tr.matrix(kept), ev.matrix(kept)
-                (second,) = train_probes(xs_tr, tr.labels, num_classes, [ProbeConfig(h.lr, h.steps)], seed, device)
-                acc = second.accuracy(xs_ev, ev.labels)
-                results.append(EvalResult(self.name, h, f, acc, total, count_kept(kept), second.final_loss, kept, tr.widths))
-        return results
+                selected.setdefault(count_kept(kept), []).append((i, f, kept))
+        by_choice: dict[tuple[int, float], EvalResult] = {}
+        for group in selected.values():
+            second = train_probes_stacked([tr.matrix(kept) for _, _, kept in group], tr.labels, num_classes,
+                                          [ProbeConfig(hps[i].lr, hps[i].steps) for i, _, _ in group], seed, device)
+            for (i, f, kept), probe in zip(group, second):
+                acc = probe.accuracy(ev.matrix(kept), ev.labels)
+                by_choice[(i, f)] = EvalResult(self.name, hps[i], f, acc, total, count_kept(kept), probe.final_loss, kept, tr.widths)
+        return results + [by_choice[k] for k in sorted(by_choice)]
 
 
 METHODS: dict[str, FeatureMethod] = {

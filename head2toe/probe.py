@@ -53,7 +53,7 @@ class Probe:
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor | np.ndarray) -> float:
         pred = self.logits(x).argmax(dim=1).cpu()
-        return float((pred == torch.as_tensor(y)).float().mean())
+        return float((pred == torch.tensor(np.asarray(y))).float().mean())
 
     def feature_scores(self) -> np.ndarray:
         """Head2Toe's relevance score per input feature: sum_j W_ij^2."""
@@ -102,9 +102,11 @@ def _train_group(
     configs: list[ProbeConfig],
     seed: int,
 ) -> list[Probe]:
-    """Train heads that share x (already the training subset) and one batch sequence."""
+    """Train heads on one batch sequence. x is (N, F), shared by all heads (one wide matmul),
+    or (K, N, F), one matrix per head of equal width (one batched matmul)."""
     device = x.device
-    n, f = x.shape
+    stacked = x.dim() == 3
+    n, f = x.shape[-2:]
     k = len(configs)
     steps = [c.steps for c in configs]
     max_steps = max(steps)
@@ -122,8 +124,11 @@ def _train_group(
     last_loss = torch.zeros(k, device=device)
     for t in range(max_steps):
         idx = sched[t]
-        xb, yb = x[idx], y[idx]
-        logits = (xb @ w.view(f, k * num_classes)).view(-1, k, num_classes) + b
+        yb = y[idx]
+        if stacked:
+            logits = torch.bmm(x[:, idx], w.permute(1, 0, 2)).permute(1, 0, 2) + b
+        else:
+            logits = (x[idx] @ w.view(f, k * num_classes)).view(-1, k, num_classes) + b
         ce = F.cross_entropy(logits.permute(0, 2, 1), yb[:, None].expand(-1, k), reduction="none").mean(0)
         loss = ce.sum() + _penalty(w, kinds, coefs)
         gw, gb = torch.autograd.grad(loss, params)
@@ -140,6 +145,29 @@ def _train_group(
                 p.sub_(step_lr * mhat / (vhat.sqrt() + eps))
     w, b = w.detach(), b.detach()
     return [Probe(w[:, i, :].contiguous(), b[i].clone(), float(last_loss[i])) for i in range(k)]
+
+
+def train_probes_stacked(
+    xs: list[torch.Tensor],
+    y: torch.Tensor | np.ndarray,
+    num_classes: int,
+    configs: list[ProbeConfig],
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> list[Probe]:
+    """One probe per (matrix, config) pair, all of equal width, trained as one batched matmul.
+
+    Head2Toe's second stage: each hp kept a different feature subset of the same size.
+    Gives the same heads as `train_probes` on each matrix alone.
+    """
+    if len(xs) != len(configs) or not xs:
+        raise ValueError(f"need one config per matrix, got {len(xs)} matrices and {len(configs)} configs")
+    if len({tuple(x.shape) for x in xs}) != 1 or len({c.batch_size for c in configs}) != 1:
+        raise ValueError("stacked probes need matrices of one shape and one batch size")
+    device = torch.device(device) if device is not None else default_device()
+    x = torch.stack([torch.as_tensor(m, dtype=torch.float32) for m in xs]).to(device)
+    y = torch.tensor(np.asarray(y), dtype=torch.long, device=device)
+    return _train_group(x, y, num_classes, configs, seed)
 
 
 def train_probes(

@@ -18,12 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# Trial rows are nested (per-hp metrics, kept indices): Tune's JSON logger keeps them, the
+# TensorBoard logger cannot, so the automatic loggers are replaced by the JSON one.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic CLI reporter prints a trial table
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
 from head2toe.allocator import allocator_env  # noqa: E402
 from head2toe.protocol import choose_best  # noqa: E402
@@ -86,7 +90,7 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
             name=f"{cfg.name}-{sweep_id}-{specs[0].stage}-{int(time.time())}",
             storage_path=str((out_dir / "tune").resolve()),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            callbacks=[logger], progress_reporter=reporter, verbose=1,
+            callbacks=[logger, JsonLoggerCallback()], progress_reporter=reporter, verbose=1,
         ),
     )
     grid = tuner.fit()

@@ -63,3 +63,15 @@ def test_label_range_checked():
     x, y = blobs()
     with pytest.raises(ValueError, match="labels must lie in"):
         train_probes(x, y, 2, [ProbeConfig(0.1, 1)], device="cpu")
+
+
+def test_stacked_probes_equal_separate_training():
+    from head2toe.probe import train_probes_stacked
+
+    x, y = blobs(f=12)
+    xs = [x[:, :6], x[:, 6:]]
+    configs = [ProbeConfig(0.05, 50), ProbeConfig(0.02, 30)]
+    stacked = train_probes_stacked(xs, y, 3, configs, seed=2, device="cpu")
+    for xi, cfg, p in zip(xs, configs, stacked):
+        (alone,) = train_probes(xi, y, 3, [cfg], seed=2, device="cpu")
+        assert torch.allclose(alone.weight, p.weight, atol=1e-5)

@@ -1,0 +1,20 @@
+"""Image-level methods: the backbone itself is trained, so they read images, not the cache.
+
+`finetune` (pretrained backbone + new head), `scratch` (same network, random init) and
+`head2toe_ft` (Head2Toe's selected features as the head's input, backbone trained end to
+end). Entry points: `run_image_method` (one trial) and `run_image_protocol` (`h2t run`).
+"""
+from head2toe.image_methods.config import (
+    DEFAULT_IMAGE_GRIDS,
+    METHOD_NAMES,
+    VTAB_FT_GRID,
+    VTAB_H2T_FT_GRID,
+    ImageHParams,
+    TrainConfig,
+)
+from head2toe.image_methods.run import expand_image_grid, run_image_method, run_image_protocol
+
+__all__ = [
+    "DEFAULT_IMAGE_GRIDS", "METHOD_NAMES", "VTAB_FT_GRID", "VTAB_H2T_FT_GRID", "ImageHParams", "TrainConfig",
+    "expand_image_grid", "run_image_method", "run_image_protocol",
+]

@@ -1,0 +1,111 @@
+"""What an image-level trial is: its grid point (`ImageHParams`) and the fixed protocol
+settings around it (`TrainConfig`), plus the default grids.
+
+The grid point is what a sweep varies and hashes into a trial key; the protocol settings
+are the VTAB fine-tuning recipe, the same for every trial of a sweep.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping
+
+from head2toe.errors import H2TError
+
+METHOD_NAMES = ("finetune", "scratch", "head2toe_ft")
+BN_MODES = ("train", "frozen")
+
+
+@dataclass(frozen=True)
+class ImageHParams:
+    """One grid point. `coef`, `target_size`, `keep_fraction` drive head2toe_ft's selection
+    (group-lasso coefficient, pooled features per layer, fraction kept); the other methods
+    ignore them and record them as given."""
+
+    lr: float
+    steps: int
+    coef: float = 0.0
+    target_size: int | None = None
+    keep_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise H2TError(f"lr must be > 0, got {self.lr!r}")
+        if int(self.steps) != self.steps or self.steps <= 0:
+            raise H2TError(f"steps must be a positive integer, got {self.steps!r}")
+        if not (self.coef >= 0 and math.isfinite(self.coef)):
+            raise H2TError(f"coef must be >= 0, got {self.coef!r}")
+        if self.target_size is not None and (int(self.target_size) != self.target_size or self.target_size <= 0):
+            raise H2TError(f"target_size must be a positive integer, got {self.target_size!r}")
+        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
+            raise H2TError(f"keep_fraction must be in (0, 1], got {self.keep_fraction!r}")
+
+    @classmethod
+    def from_any(cls, hp: "ImageHParams | Mapping") -> "ImageHParams":
+        """From itself or a dict (a Tune config); unknown keys are a user error."""
+        if isinstance(hp, ImageHParams):
+            return hp
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(hp) - known)
+        if extra:
+            raise H2TError(f"unknown image-method hyper-parameter(s) {extra}; accepted: {sorted(known)}")
+        return cls(**{k: v for k, v in hp.items() if v is not None})
+
+    def check_for(self, method: str) -> None:
+        if method == "head2toe_ft" and (self.target_size is None or self.keep_fraction is None or self.coef <= 0):
+            raise H2TError(f"head2toe_ft needs coef > 0, target_size and keep_fraction; got {self.as_dict()}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fine-tuning recipe (VTAB: SGD momentum 0.9, effective batch 512).
+
+    `micro_batch` splits each step into accumulated chunks (None: the whole batch on CUDA,
+    32 on CPU). `warmup_fraction` of the steps ramps the lr linearly, then cosine decay to 0.
+    `augment`: None picks the task's policy (see augment.policy_for); `bn`: None picks the
+    method's BatchNorm mode (see run.BN_DEFAULT). `select_lr`/`select_steps` train
+    head2toe_ft's group-lasso probe. `checkpoint_every`: steps between checkpoints.
+    """
+
+    batch_size: int = 512
+    micro_batch: int | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.1
+    augment: str | None = None
+    bn: str | None = None
+    eval_batch: int = 256
+    amp: bool = True
+    select_lr: float = 0.1
+    select_steps: int = 500
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batch", "select_steps", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise H2TError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.micro_batch is not None and self.micro_batch <= 0:
+            raise H2TError(f"micro_batch must be > 0, got {self.micro_batch!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise H2TError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        if self.bn is not None and self.bn not in BN_MODES:
+            raise H2TError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# VTAB's lightweight fine-tuning sweep (Zhai et al. 2019): 2 learning rates x 2 schedules.
+VTAB_FT_GRID: dict[str, list] = {"lr": [0.1, 0.01], "steps": [2500, 10000]}
+# head2toe_ft adds the selection: Head2Toe's 2 coefficients, a target size and keep fraction.
+VTAB_H2T_FT_GRID: dict[str, list] = {**VTAB_FT_GRID, "coef": [1e-4, 1e-3], "target_size": [1024], "keep_fraction": [0.05]}
+
+# Small grids for `h2t run` (CV over these unless flags fix them).
+DEFAULT_IMAGE_GRIDS: dict[str, dict[str, list]] = {
+    "finetune": {"lr": [0.01, 0.001], "steps": [500]},
+    "scratch": {"lr": [0.1, 0.01], "steps": [500]},
+    "head2toe_ft": {"lr": [0.01, 0.001], "steps": [500], "coef": [1e-4], "target_size": [512], "keep_fraction": [0.05]},
+}

@@ -1,0 +1,37 @@
+"""Small sweep configs and MLflow queries shared by the sweep tests."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+TINY = {
+    "name": "tiny",
+    "experiment": "h2t-tiny",
+    "tasks": ["faces"],
+    "backbones": [{"name": "efficientnet_lite0", "input_size": 64}],
+    "methods": {
+        "linear": {"lr": [0.1], "steps": [40], "coef": [0.0], "target_size": [128]},
+        "head2toe": {"lr": [0.1], "steps": [40], "coef": [1.0e-4, 1.0e-3], "target_size": [128], "keep_fractions": [0.05, 0.2]},
+    },
+    "seeds": [0, 1],
+    "folds": [0, 1],
+}
+
+
+def write_config(path: Path, **changes) -> Path:
+    cfg = {**TINY, **changes}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def runs(tracking_uri: str, experiment: str = "h2t-tiny") -> list:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=10000)
+
+
+def trial_status_counts(all_runs: list) -> Counter:
+    return Counter((r.data.tags["h2t.stage"], r.info.status) for r in all_runs if r.data.tags.get("h2t.kind") == "trial")
