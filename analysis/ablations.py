@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.catalog import order_tasks
 from analysis.runs import final_runs, keep_fraction_long
 
 HP = ["lr", "steps", "coef"]
+
+
+def _paper_order(frame: pd.DataFrame, *then: str) -> pd.DataFrame:
+    """Rows by backbone, then task in the paper's order, then `then`."""
+    rank = {t: i for i, t in enumerate(order_tasks(set(frame["task"])))}
+    return (frame.assign(_rank=frame["task"].map(rank)).sort_values(["backbone", "_rank", *then])
+            .drop(columns="_rank").reset_index(drop=True))
 
 
 def layers_vs_features(runs: pd.DataFrame) -> pd.DataFrame:
@@ -29,22 +37,24 @@ def layers_vs_features(runs: pd.DataFrame) -> pd.DataFrame:
         "features_acc": 100 * wide[("acc", "head2toe")], "layers_acc": 100 * wide[("acc", "head2toe_layers")],
         "features_kept": wide[("kept", "head2toe")], "layers_kept": wide[("kept", "head2toe_layers")],
     }).dropna(subset=["features_acc", "layers_acc"])
-    return out.reset_index()[cols]
+    return _paper_order(out.reset_index()[cols], "keep_fraction")
 
 
 def accuracy_vs_target_size(runs: pd.DataFrame) -> pd.DataFrame:
     """Per backbone, task, method and target size: the best mean CV accuracy (%) over the other
     hyper-parameters. Produced by CV trials whose grid lists several `target_size`s (the paper's
     grid has 1024, 4096, 16384); with one target size each curve is a single point."""
-    cv = runs[(runs["stage"] == "cv") & runs.get("val_accuracy", pd.Series(dtype=float)).notna()]
     cols = ["backbone", "task", "method", "target_size", "val_accuracy", "n_features_total"]
+    if "val_accuracy" not in runs:
+        return pd.DataFrame(columns=cols)
+    cv = runs[(runs["stage"] == "cv") & runs["val_accuracy"].notna()]
     if cv.empty:
         return pd.DataFrame(columns=cols)
     keys = ["backbone", "task", "method", "target_size"]
     per_hp = cv.groupby(keys + HP).agg(val_accuracy=("val_accuracy", "mean"), n_features_total=("n_features_total", "mean"))
     best = per_hp.reset_index().sort_values("val_accuracy").drop_duplicates(keys, keep="last")
     best["val_accuracy"] *= 100
-    return best[cols].sort_values(keys).reset_index(drop=True)
+    return _paper_order(best[cols], "method", "target_size")
 
 
 def accuracy_vs_layers(runs: pd.DataFrame, selections_by_run: dict[str, dict]) -> pd.DataFrame:

@@ -49,7 +49,7 @@ def affinity_note(frame: pd.DataFrame) -> str:
     if sources == ["ours"]:
         return "Scratch accuracy from our scratch runs."
     borrowed = [s for s in sources if s.startswith("paper")]
-    text = f"No scratch runs for some tasks: their Scratch accuracy is the paper's ({', '.join(borrowed)})." if borrowed else ""
+    text = f"No scratch runs for some tasks: their Scratch accuracy comes from the {', '.join(borrowed)} Scratch row." if borrowed else ""
     if "none" in sources:
         text += " Tasks outside VTAB without scratch runs have no affinity."
     return text.strip()

@@ -1,26 +1,39 @@
-"""Figures for the report and notebooks (matplotlib, Agg: no display needed). Each function
-returns a Figure, or None when its frame is empty."""
+"""Figures for the report and notebooks. Each function returns a Figure, or None when its
+frame is empty.
+
+Figures are built with matplotlib's object API, never pyplot: no global figure registry to
+leak or close, no GUI backend to pick; `to_png` renders with Agg, so this runs headless and
+leaves a notebook's own backend alone.
+"""
 from __future__ import annotations
 
+import io
 import math
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from analysis.catalog import GROUP_ORDER, method_label, task_group, task_label  # noqa: E402
+from analysis.catalog import GROUP_ORDER, method_label, task_group, task_label
 
 GROUP_COLOURS = dict(zip(GROUP_ORDER, ["tab:green", "tab:orange", "tab:blue", "tab:gray"]))
+
+
+def to_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (Agg)."""
+    FigureCanvasAgg(fig)  # render with Agg whatever backend the process has
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def _grid(n: int, width: float = 3.2, height: float = 2.6, max_cols: int = 4) -> tuple[Figure, np.ndarray]:
     cols = min(n, max_cols)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes.flat
@@ -35,7 +48,7 @@ def _log_ticks(ax, values) -> None:
 
 
 def _group_legend(ax, groups) -> None:
-    handles = [plt.Line2D([], [], marker="o", ls="", color=GROUP_COLOURS[g], label=g) for g in GROUP_ORDER if g in set(groups)]
+    handles = [Line2D([], [], marker="o", ls="", color=GROUP_COLOURS[g], label=g) for g in GROUP_ORDER if g in set(groups)]
     ax.legend(handles=handles, fontsize=8, frameon=False)
 
 
@@ -97,7 +110,8 @@ def heatmap(matrix: pd.DataFrame, title: str, label: str, vmax: float | None = 1
     if matrix.empty:
         return None
     rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * cols + 2.5), max(3.0, 0.4 * rows + 1.5)), layout="constrained")
+    fig = Figure(figsize=(max(4.0, 0.45 * cols + 2.5), max(3.0, 0.4 * rows + 1.5)), layout="constrained")
+    ax = fig.subplots()
     im = ax.imshow(matrix.to_numpy(float), cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
     ax.set_xticks(range(cols), [task_label(str(c)) for c in matrix.columns], rotation=90, fontsize=7)
     ax.set_yticks(range(rows), [task_label(str(r)) for r in matrix.index], fontsize=7)
@@ -132,7 +146,8 @@ def layers_used_plot(frame: pd.DataFrame) -> Figure | None:
     """Test accuracy against the number of layers the kept features come from."""
     if frame.empty:
         return None
-    fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
+    fig = Figure(figsize=(5.0, 3.6), layout="constrained")
+    ax = fig.subplots()
     for (task, method), d in frame.groupby(["task", "method"]):
         ax.scatter(d["layers_used"], d["test_accuracy"], s=22, label=f"{task_label(task)} · {method_label(method)}",
                    marker="o" if method == "head2toe" else "s")
@@ -147,7 +162,8 @@ def cost_plot(cost: pd.DataFrame) -> Figure | None:
         return None
     d = cost.reset_index(drop=True)
     x = np.arange(len(d))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.5 * len(d) + 3), 3.4), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.5 * len(d) + 3), 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ["flops_vs_finetune", "size_vs_finetune"]):
         ax.bar(x - 0.2, d[metric], 0.4, label="ours")
         ax.bar(x + 0.2, d[f"paper_{metric}"], 0.4, label="paper (ResNet-50)")

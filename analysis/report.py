@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -118,13 +116,6 @@ def build_sections(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> l
     return [summary, main, versus, aff, layers, overlap, bitter, costs]
 
 
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def _markdown_table(frame: pd.DataFrame) -> str:
     shown = frame if isinstance(frame.index, pd.RangeIndex) else frame.reset_index()
     lines = ["| " + " | ".join(str(c) for c in shown.columns) + " |", "|" + "---|" * len(shown.columns)]
@@ -173,7 +164,7 @@ def write_report(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, out: s
                         f"{frame.to_html(float_format=lambda v: f'{v:.4g}', border=0, na_rep='–', index=not isinstance(frame.index, pd.RangeIndex))}</div>")
             md.append(f"\n**{name}** ([CSV]({link}))\n\n{_markdown_table(frame)}")
         for name, fig in s.figures.items():
-            png = _png(fig)
+            png = plots.to_png(fig)
             (out / "figures" / f"{name}.png").write_bytes(png)
             data = base64.b64encode(png).decode()
             body.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(name)}</figcaption></figure>")

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,10 @@ class StoreBuilder:
             "h2t.kind": "trial", "h2t.stage": stage, "h2t.sweep_id": self.sweep_id, "h2t.trial_key": key,
             "mlflow.parentRunId": self.stage_runs[stage], "h2t.git_commit": "abc123"})
         run_id = run.info.run_id
-        dead = status != "FINISHED"  # the process died before logging results
+        dead = status != "FINISHED"  # died after logging `metrics` (pass {} for a death before any)
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
-                              metrics=[] if dead else [Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                               tags=[] if dead else [RunTag("h2t.cache_key", "cache0001")])
         if dead:
             self.client.set_terminated(run_id, status)
@@ -140,13 +141,29 @@ def build_small_store(root: Path) -> StoreBuilder:
     return b
 
 
+@contextmanager
+def fast_dir(fallback: Path):
+    """A scratch folder in RAM when /dev/shm exists (SQLite fsyncs every commit: ~4x faster)."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield fallback
+        return
+    root = Path(tempfile.mkdtemp(prefix="h2t-mlflow-", dir=shm))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    """Where a test's own MLflow store goes."""
+    with fast_dir(tmp_path) as root:
+        yield root
+
+
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory) -> StoreBuilder:
-    """Built once per session; in RAM when /dev/shm exists (SQLite commits fsync: ~4x faster)."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        root = Path(tempfile.mkdtemp(prefix="h2t-mlflow-", dir=shm))
+    """`build_small_store`, built once per session."""
+    with fast_dir(tmp_path_factory.mktemp("mlflow")) as root:
         yield build_small_store(root)
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        yield build_small_store(tmp_path_factory.mktemp("mlflow"))
