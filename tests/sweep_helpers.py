@@ -33,5 +33,22 @@ def runs(tracking_uri: str, experiment: str = "h2t-tiny") -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=10000)
 
 
+def finished_cv_runs(db: Path) -> int:
+    """Read-only count straight from the SQLite file: polling through MLflow would race the
+    driver's own schema migration."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute(
+                "SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                "WHERE r.status = 'FINISHED' AND t.key = 'h2t.stage' AND t.value = 'cv'"
+            ).fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+        return 0
+
+
 def trial_status_counts(all_runs: list) -> Counter:
     return Counter((r.data.tags["h2t.stage"], r.info.status) for r in all_runs if r.data.tags.get("h2t.kind") == "trial")

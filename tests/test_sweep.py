@@ -14,12 +14,12 @@ import ray
 from orchestrator.config import load_config
 from orchestrator.plan import cv_specs
 from orchestrator.sweep import run_sweep
-from tests.sweep_helpers import runs, trial_status_counts, write_config
+from sweep_helpers import finished_cv_runs, runs, trial_status_counts, write_config
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -74,8 +74,7 @@ def test_killed_driver_then_resume_runs_every_trial_once(tmp_path):
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
-            done = trial_status_counts(runs(uri)).get(("cv", "FINISHED"), 0) if (out / "mlflow.db").exists() else 0
-            if done >= 4:
+            if finished_cv_runs(out / "mlflow.db") >= 4:
                 break
             assert proc.poll() is None, "the sweep ended before it could be killed"
             time.sleep(0.5)
