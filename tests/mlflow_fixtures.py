@@ -2,6 +2,7 @@
 writes), for the analysis, report and notebook tests."""
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -162,8 +163,19 @@ def store_dir(tmp_path):
         yield root
 
 
+_SHARED: dict[str, StoreBuilder] = {}
+
+
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory) -> StoreBuilder:
-    """`build_small_store`, built once per session."""
-    with fast_dir(tmp_path_factory.mktemp("mlflow")) as root:
-        yield build_small_store(root)
+    """`build_small_store`, built once per session: every test module imports this fixture (which
+    gives each module its own fixture), so the store itself is cached here."""
+    if "small" not in _SHARED:
+        shm = Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK):
+            root = Path(tempfile.mkdtemp(prefix="h2t-mlflow-", dir=shm))
+            atexit.register(shutil.rmtree, root, True)
+        else:
+            root = tmp_path_factory.mktemp("mlflow")
+        _SHARED["small"] = build_small_store(root)
+    return _SHARED["small"]

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from mlflow_fixtures import SCRATCH_ACC, SEEDS, SMALL_ACC, SMALL_TASKS, StoreBuilder, task_offset
+from mlflow_fixtures import SCRATCH_ACC, SEEDS, SMALL_ACC, SMALL_TASKS, StoreBuilder, small_store, store_dir, task_offset  # noqa: F401
 
 import analysis
 from analysis.catalog import VTAB_TASKS
 from analysis.overlap import iou, overlap_coefficient
 from analysis.tables import MEAN
 
-pytest_plugins = ["mlflow_fixtures"]  # small_store, store_dir: one store shared by every module
 
 SLIDES = Path(__file__).resolve().parents[2] / "shared" / "seeds" / "head2toe-icml22-slides.txt"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-pytest_plugins = ["mlflow_fixtures"]  # small_store: one store shared by every module
+from mlflow_fixtures import small_store  # noqa: F401
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-pytest_plugins = ["mlflow_fixtures"]  # small_store: one store shared by every module
+from mlflow_fixtures import small_store  # noqa: F401
 
 from jobs.cli import main as h2t
 
