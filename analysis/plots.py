@@ -110,7 +110,8 @@ def heatmap(matrix: pd.DataFrame, title: str, label: str, vmax: float | None = 1
     if matrix.empty:
         return None
     rows, cols = matrix.shape
-    fig = Figure(figsize=(max(4.0, 0.45 * cols + 2.5), max(3.0, 0.4 * rows + 1.5)), layout="constrained")
+    cell = 0.4 if max(rows, cols) <= 20 else 0.2  # inches; long axes (every layer of a network) get thin cells
+    fig = Figure(figsize=(max(4.0, cell * cols + 2.5), max(3.0, cell * rows + 1.5)), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(matrix.to_numpy(float), cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
     ax.set_xticks(range(cols), [task_label(str(c)) for c in matrix.columns], rotation=90, fontsize=7)
@@ -122,13 +123,14 @@ def heatmap(matrix: pd.DataFrame, title: str, label: str, vmax: float | None = 1
                 if pd.notna(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 * (vmax or 1) else "k")
     fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(title)
+    fig.suptitle(title, fontsize=10)  # a figure title is never clipped by a narrow matrix
     return fig
 
 
 def target_size_plot(frame: pd.DataFrame) -> Figure | None:
-    """Best CV accuracy against target size (features per layer), per task and method."""
-    if frame.empty:
+    """Best CV accuracy against target size (features per layer), per task and method; None
+    unless some curve has two or more target sizes."""
+    if frame.empty or frame.groupby(["backbone", "task", "method"])["target_size"].nunique().max() < 2:
         return None
     panels = list(frame.groupby(["backbone", "task"], sort=False))
     fig, axes = _grid(len(panels))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -76,34 +77,44 @@ def build_sections(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> l
     lvf = ablations.layers_vs_features(runs)
     layers = Section("Layers vs features", tables={"layers_vs_features": lvf}, notes=[
         "Best CV accuracy of head2toe (select features) and head2toe_layers (select whole layers) at each keep fraction "
-        "both were cross-validated at." if not lvf.empty else "Needs CV trials of both head2toe and head2toe_layers at a common keep fraction."])
+        "both were cross-validated at." if not lvf.empty else "Needs CV trials of both head2toe and head2toe_layers at a "
+        "common keep fraction (configs/ablation_layers_vs_features.yaml)."])
     _figures(layers, layers_vs_features=plots.layers_vs_features_plot(lvf))
 
     overlap = Section("Feature overlap", notes=[
         "Between tasks, from the final Head2Toe selections (lowest seed; the most common target size): "
-        "overlap = |A∩B| / min(|A|,|B|), IoU = |A∩B| / |A∪B|; and the share of each task's kept features per layer."])
+        "overlap = |A∩B| / min(|A|,|B|), IoU = |A∩B| / |A∪B|; and the share of each task's kept features per layer "
+        "(layers in network order, top to bottom). The paper finds under 20% intersection between tasks."])
     for bb in sorted(set(final["backbone"])):
         chosen = task_selections(runs, selections, bb)
         if not chosen:
             continue
         coef, jac = pairwise_overlap(chosen)
         share = layer_share(chosen)
-        overlap.tables.update({f"overlap_{bb}": coef, f"iou_{bb}": jac, f"layer_share_{bb}": share})
+        overlap.csv_only.update({f"overlap_{bb}": coef, f"iou_{bb}": jac, f"layer_share_{bb}": share})
+        if len(chosen) > 1:
+            off = ~np.eye(len(chosen), dtype=bool)
+            overlap.notes.append(f"{bb}: mean pairwise overlap {np.nanmean(coef.to_numpy()[off]):.2f}, "
+                                 f"mean IoU {np.nanmean(jac.to_numpy()[off]):.2f} over {len(chosen)} tasks.")
         _figures(overlap, **{
             f"overlap_{bb}": plots.heatmap(coef, f"{bb}: |A∩B| / min(|A|,|B|)", "overlap") if len(chosen) > 1 else None,
             f"iou_{bb}": plots.heatmap(jac, f"{bb}: IoU of kept features", "IoU") if len(chosen) > 1 else None,
-            f"layer_share_{bb}": plots.heatmap(share, f"{bb}: share of kept features per layer", "share", vmax=None,
+            f"layer_share_{bb}": plots.heatmap(share.T, f"{bb}: share of kept features per layer", "share", vmax=None,
                                                annotate=False),
         })
-    if not overlap.tables:
+    if not overlap.csv_only:
         overlap.notes.append("No selection artefacts (selection/kept_indices.json of final head2toe trials) yet.")
 
     sizes = ablations.accuracy_vs_target_size(runs)
     used = ablations.accuracy_vs_layers(runs, selections)
-    bitter = Section("Bitter lesson: more layers, more features", tables={"accuracy_vs_target_size": sizes, "accuracy_vs_layers": used},
-                     notes=["Accuracy vs target size comes from CV trials over several target sizes (one curve per method); "
-                            "accuracy vs layers from the final selections (layers their kept features come from)."])
-    _figures(bitter, target_size=plots.target_size_plot(sizes), layers_used=plots.layers_used_plot(used))
+    bitter = Section("Bitter lesson: more layers, more features", tables={"accuracy_vs_target_size": sizes},
+                     csv_only={"accuracy_vs_layers": used})
+    size_fig = plots.target_size_plot(sizes)
+    bitter.notes.append("Accuracy vs target size: best CV accuracy per target size." if size_fig is not None else
+                        "Accuracy vs target size needs CV trials over two or more target sizes "
+                        "(configs/ablation_target_size.yaml); this sweep has one per task.")
+    bitter.notes.append("Accuracy vs layers: test accuracy against the number of layers the final selection draws from.")
+    _figures(bitter, target_size=size_fig, layers_used=plots.layers_used_plot(used))
 
     cost = cost_table(runs)
     check = paper_cost_check()
@@ -127,13 +138,14 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 SHOWN_INLINE = 40  # longer frames (e.g. every run) live in their CSV only
 
 
-def write_report(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, out: str | Path = "out/report") -> dict[str, Path]:
-    """Write report.html, report.md, CSVs (csv/), LaTeX tables (tables/) and PNGs (figures/) to
-    `out`; returns {"html", "markdown", "dir"} paths. Raises runs.NoRunsError when there is nothing to report."""
+def write_report(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, out: str | Path = "out/report") -> Path:
+    """Write report.html, report.md, CSVs (csv/), LaTeX and Markdown tables (tables/) and PNGs
+    (figures/) to `out`; returns the path of report.html. Raises runs.NoRunsError (nothing
+    written) when the store or experiment has no trials."""
     out = Path(out)
+    sections = build_sections(tracking_uri, experiment)
     for sub in ("csv", "figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    sections = build_sections(tracking_uri, experiment)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body, md = [], [f"# Head2Toe report: {experiment}\n", f"Generated {stamp}.\n"]
     for s in sections:
@@ -174,7 +186,7 @@ def write_report(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT, out: s
             + "\n".join(body) + "</body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    return {"html": out / "report.html", "markdown": out / "report.md", "dir": out}
+    return out / "report.html"
 
 
 def _strip_tags(text: str) -> str:

@@ -22,11 +22,11 @@ def main(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     try:
-        paths = write_report(uri, args.experiment, args.out)
+        page = write_report(uri, args.experiment, args.out)
     except NoRunsError as e:
         raise H2TError(str(e)) from None
-    print(f"report: {paths['html']}")
-    print(f"        {paths['markdown']} (CSVs in {paths['dir'] / 'csv'}, figures in {paths['dir'] / 'figures'})")
+    print(f"report: {page}")
+    print(f"        {page.with_name('report.md')} (CSVs in {page.parent / 'csv'}, figures in {page.parent / 'figures'})")
     return 0
 
 
