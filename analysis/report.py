@@ -17,7 +17,7 @@ from analysis.affinity import affinity_note, domain_affinity
 from analysis.cost import cost_table, paper_cost_check
 from analysis.overlap import layer_share, pairwise_overlap, task_selections
 from analysis.published import compare, side_by_side
-from analysis.runs import DEFAULT_EXPERIMENT, final_runs, load_runs, load_selections
+from analysis.runs import DEFAULT_EXPERIMENT, final_runs, load_runs, load_selections, tidy
 from analysis.tables import PaperTable, paper_tables
 
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px;margin:.5em 0}
@@ -44,11 +44,11 @@ def _figures(section: Section, **figs: Figure | None) -> None:
 
 def build_sections(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> list[Section]:
     """Everything the report shows, computed from the experiment's runs."""
-    runs = load_runs(tracking_uri, experiment)
-    all_runs = load_runs(tracking_uri, experiment, every_run=True)
+    all_runs = load_runs(tracking_uri, experiment, every_run=True)  # one query; retries and failures kept
+    runs = tidy(all_runs)
     final = final_runs(runs)
     selections = load_selections(tracking_uri, runs)
-    tables = {b: t for b, t in paper_tables(runs).items() if len(t.mean.index)}
+    tables = paper_tables(runs)
 
     summary = Section("Runs", notes=[
         f"Experiment <code>{html.escape(experiment)}</code> at <code>{html.escape(tracking_uri)}</code>.",

@@ -147,5 +147,6 @@ def paper_table(runs: pd.DataFrame, backbone: str, methods=None) -> PaperTable:
 
 
 def paper_tables(runs: pd.DataFrame) -> dict[str, PaperTable]:
-    """One table per backbone that has final runs."""
-    return {b: paper_table(runs, b) for b in sorted(set(final_runs(runs)["backbone"]))}
+    """One table per backbone that has final runs of the paper's methods."""
+    tables = {b: paper_table(runs, b) for b in sorted(set(final_runs(runs)["backbone"]))}
+    return {b: t for b, t in tables.items() if len(t.mean.index)}
