@@ -44,7 +44,6 @@ METHOD_LABELS: dict[str, str] = {
     "head2toe_layers": "Head2Toe (layers)",
 }
 TABLE_METHODS = ("linear", "all_l2", "all_l1", "all_group", "head2toe", "scratch", "finetune", "head2toe_ft")
-SELECTION_METHODS = ("head2toe", "head2toe_layers")
 
 # Backbones the paper reports, by this project's registry name (and timm aliases).
 PUBLISHED_BACKBONES = {"resnet50": "resnet50", "vit_b16": "vit_b16", "vit_base_patch16_224": "vit_b16"}

@@ -46,85 +46,110 @@ def build_sections(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> l
     """Everything the report shows, computed from the experiment's runs."""
     all_runs = load_runs(tracking_uri, experiment, every_run=True)  # one query; retries and failures kept
     runs = tidy(all_runs)
-    final = final_runs(runs)
     selections = load_selections(tracking_uri, runs)
     tables = paper_tables(runs)
+    return [
+        _runs_section(tracking_uri, experiment, runs, all_runs), _tables_section(tables), _versus_section(tables),
+        _affinity_section(tables), _layers_section(runs), _overlap_section(runs, selections),
+        _bitter_section(runs, selections), _cost_section(runs),
+    ]
 
-    summary = Section("Runs", notes=[
+
+def _runs_section(tracking_uri: str, experiment: str, runs: pd.DataFrame, all_runs: pd.DataFrame) -> Section:
+    return Section("Runs", notes=[
         f"Experiment <code>{html.escape(experiment)}</code> at <code>{html.escape(tracking_uri)}</code>.",
         f"{len(runs)} trials counted once each (newest FINISHED run per trial key; {len(all_runs) - len(runs)} other "
-        f"runs: failed, unfinished or superseded retries). {len(final)} final (test) trials; "
+        f"runs: failed, unfinished or superseded retries). {len(final_runs(runs))} final (test) trials; "
         f"backbones: {', '.join(sorted(set(runs['backbone'])))}; methods: {', '.join(sorted(set(runs['method'])))}.",
     ], csv_only={"runs": runs})
 
-    main = Section("Paper tables", paper_tables=list(tables.values()),
-                   tables={f"table_{b}": t.long() for b, t in tables.items()})
+
+def _tables_section(tables: dict[str, PaperTable]) -> Section:
+    section = Section("Paper tables", paper_tables=list(tables.values()),
+                      tables={f"table_{b}": t.long() for b, t in tables.items()})
     if not tables:
-        main.notes.append("No final trials yet: the tables need the sweep's final stage.")
+        section.notes.append("No final trials yet: the tables need the sweep's final stage.")
+    return section
 
+
+def _versus_section(tables: dict[str, PaperTable]) -> Section:
     comparison = pd.concat([compare(t) for t in tables.values()] or [pd.DataFrame()], ignore_index=True)
-    versus = Section("Ours vs the paper", csv_only={"ours_vs_paper": comparison},
-                     tables={f"ours_vs_paper_{b}": side_by_side(comparison, b) for b in tables if not comparison.empty})
-    versus.notes.append("Per method and VTAB task: our mean over seeds vs the published number (difference, pp)."
-                        if not comparison.empty else "No runs on a backbone and VTAB task the paper reports (ResNet-50, ViT-B/16).")
-    _figures(versus, ours_vs_paper=plots.ours_vs_paper_plot(comparison))
+    section = Section("Ours vs the paper", csv_only={"ours_vs_paper": comparison},
+                      tables={f"ours_vs_paper_{b}": side_by_side(comparison, b) for b in tables if not comparison.empty})
+    section.notes.append("Per method and VTAB task: our mean over seeds vs the published number (difference, pp)."
+                         if not comparison.empty else "No runs on a backbone and VTAB task the paper reports (ResNet-50, ViT-B/16).")
+    _figures(section, ours_vs_paper=plots.ours_vs_paper_plot(comparison))
+    return section
 
-    affinity = pd.concat([domain_affinity(t) for t in tables.values()] or [pd.DataFrame(columns=["scratch_source"])], ignore_index=True)
-    aff = Section("Domain affinity", notes=["Affinity = Acc(Linear) − Acc(Scratch); gain = Acc(Head2Toe) − Acc(Linear).",
-                                            affinity_note(affinity)], tables={"domain_affinity": affinity})
-    _figures(aff, affinity=plots.affinity_plot(affinity))
 
+def _affinity_section(tables: dict[str, PaperTable]) -> Section:
+    affinity = pd.concat([domain_affinity(t) for t in tables.values()] or [pd.DataFrame(columns=["scratch_source"])],
+                         ignore_index=True)
+    section = Section("Domain affinity", tables={"domain_affinity": affinity}, notes=[
+        "Affinity = Acc(Linear) − Acc(Scratch); gain = Acc(Head2Toe) − Acc(Linear).", affinity_note(affinity)])
+    _figures(section, affinity=plots.affinity_plot(affinity))
+    return section
+
+
+def _layers_section(runs: pd.DataFrame) -> Section:
     lvf = ablations.layers_vs_features(runs)
-    layers = Section("Layers vs features", tables={"layers_vs_features": lvf}, notes=[
+    section = Section("Layers vs features", tables={"layers_vs_features": lvf}, notes=[
         "Best CV accuracy of head2toe (select features) and head2toe_layers (select whole layers) at each keep fraction "
         "both were cross-validated at." if not lvf.empty else "Needs CV trials of both head2toe and head2toe_layers at a "
         "common keep fraction (configs/ablation_layers_vs_features.yaml)."])
-    _figures(layers, layers_vs_features=plots.layers_vs_features_plot(lvf))
+    _figures(section, layers_vs_features=plots.layers_vs_features_plot(lvf))
+    return section
 
-    overlap = Section("Feature overlap", notes=[
+
+def _overlap_section(runs: pd.DataFrame, selections: dict[str, dict]) -> Section:
+    section = Section("Feature overlap", notes=[
         "Between tasks, from the final Head2Toe selections (lowest seed; the most common target size): "
         "overlap = |A∩B| / min(|A|,|B|), IoU = |A∩B| / |A∪B|; and the share of each task's kept features per layer "
         "(layers in network order, top to bottom). The paper finds under 20% intersection between tasks."])
-    for bb in sorted(set(final["backbone"])):
+    for bb in sorted(set(final_runs(runs)["backbone"])):
         chosen = task_selections(runs, selections, bb)
         if not chosen:
             continue
         coef, jac = pairwise_overlap(chosen)
         share = layer_share(chosen)
-        overlap.csv_only.update({f"overlap_{bb}": coef, f"iou_{bb}": jac, f"layer_share_{bb}": share})
+        section.csv_only.update({f"overlap_{bb}": coef, f"iou_{bb}": jac, f"layer_share_{bb}": share})
         if len(chosen) > 1:
             off = ~np.eye(len(chosen), dtype=bool)
-            overlap.notes.append(f"{bb}: mean pairwise overlap {np.nanmean(coef.to_numpy()[off]):.2f}, "
+            section.notes.append(f"{bb}: mean pairwise overlap {np.nanmean(coef.to_numpy()[off]):.2f}, "
                                  f"mean IoU {np.nanmean(jac.to_numpy()[off]):.2f} over {len(chosen)} tasks.")
-        _figures(overlap, **{
-            f"overlap_{bb}": plots.heatmap(coef, f"{bb}: |A∩B| / min(|A|,|B|)", "overlap") if len(chosen) > 1 else None,
-            f"iou_{bb}": plots.heatmap(jac, f"{bb}: IoU of kept features", "IoU") if len(chosen) > 1 else None,
-            f"layer_share_{bb}": plots.heatmap(share.T, f"{bb}: share of kept features per layer", "share", vmax=None,
-                                               annotate=False),
-        })
-    if not overlap.csv_only:
-        overlap.notes.append("No selection artefacts (selection/kept_indices.json of final head2toe trials) yet.")
+            _figures(section, **{f"overlap_{bb}": plots.heatmap(coef, f"{bb}: |A∩B| / min(|A|,|B|)", "overlap"),
+                                 f"iou_{bb}": plots.heatmap(jac, f"{bb}: IoU of kept features", "IoU")})
+        _figures(section, **{f"layer_share_{bb}": plots.heatmap(share.T, f"{bb}: share of kept features per layer", "share",
+                                                                vmax=None, annotate=False)})
+    if not section.csv_only:
+        section.notes.append("No selection artefacts (selection/kept_indices.json of final head2toe trials) yet.")
+    return section
 
+
+def _bitter_section(runs: pd.DataFrame, selections: dict[str, dict]) -> Section:
     sizes = ablations.accuracy_vs_target_size(runs)
     used = ablations.accuracy_vs_layers(runs, selections)
-    bitter = Section("Bitter lesson: more layers, more features", tables={"accuracy_vs_target_size": sizes},
-                     csv_only={"accuracy_vs_layers": used})
+    section = Section("Bitter lesson: more layers, more features", tables={"accuracy_vs_target_size": sizes},
+                      csv_only={"accuracy_vs_layers": used})
     size_fig = plots.target_size_plot(sizes)
-    bitter.notes.append("Accuracy vs target size: best CV accuracy per target size." if size_fig is not None else
-                        "Accuracy vs target size needs CV trials over two or more target sizes "
-                        "(configs/ablation_target_size.yaml); this sweep has one per task.")
-    bitter.notes.append("Accuracy vs layers: test accuracy against the number of layers the final selection draws from.")
-    _figures(bitter, target_size=size_fig, layers_used=plots.layers_used_plot(used))
+    section.notes.append("Accuracy vs target size: best CV accuracy per target size." if size_fig is not None else
+                         "Accuracy vs target size needs CV trials over two or more target sizes "
+                         "(configs/ablation_target_size.yaml); this sweep has one per task.")
+    section.notes.append("Accuracy vs layers: test accuracy against the number of layers the final selection draws from.")
+    _figures(section, target_size=size_fig, layers_used=plots.layers_used_plot(used))
+    return section
 
+
+def _cost_section(runs: pd.DataFrame) -> Section:
     cost = cost_table(runs)
     check = paper_cost_check()
-    costs = Section("Cost", tables={"cost": cost, "paper_cost_check": check}, notes=[
+    section = Section("Cost", tables={"cost": cost, "paper_cost_check": check}, notes=[
         "Head2Toe relative to fine-tuning and Linear: size = k·C + F/32 (kept weights + a bit mask), FLOPs = n·FWD + "
         "1.18·2·S·B·F·C vs fine-tuning's 3·S·B·FWD (S=500, B=128, n=1000; see analysis.cost).",
         f"The formula reproduces {int(check['slide_consistent'].sum())} of {len(check)} rows of the paper's cost table as "
         "printed in the slides; the others have cells that do not fit any single formula (shifted or zero in the slide text)."])
-    _figures(costs, cost=plots.cost_plot(cost))
-    return [summary, main, versus, aff, layers, overlap, bitter, costs]
+    _figures(section, cost=plots.cost_plot(cost))
+    return section
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
