@@ -21,7 +21,8 @@ from analysis.runs import DEFAULT_EXPERIMENT, final_runs, load_runs, load_select
 from analysis.tables import PaperTable, paper_tables
 
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}td.best{font-weight:bold}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}th{background:#f3f3f3}td.best{font-weight:bold}
+table.paper thead tr:first-child th{text-align:center}
 .note{color:#555;font-size:13px}img{max-width:100%;border:1px solid #eee;margin:.5em 0}.scroll{overflow-x:auto}"""
 
 
