@@ -78,6 +78,7 @@ class PaperTable:
         return spans
 
     def to_markdown(self) -> str:
+        """Pipe table; the group is prefixed to each task header (Markdown has no column spans)."""
         best = self.best()
         head = ["Method"] + [f"{task_group(t)}: {task_label(t)}" if t != MEAN else MEAN for t in self.mean.columns]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -87,6 +88,7 @@ class PaperTable:
         return "\n".join(lines) + f"\n\n{self._footnote()}\n"
 
     def to_latex(self) -> str:
+        """A tabular with the group headers as \\multicolumn spans (needs \\usepackage{booktabs})."""
         best = self.best()
 
         def esc(s: str) -> str:
@@ -105,6 +107,7 @@ class PaperTable:
         ]) + "\n"
 
     def to_html(self) -> str:
+        """A <table class="paper"> with a group header row; best cells have class "best"."""
         best = self.best()
         groups = "".join(f'<th colspan="{n}">{html.escape(g)}</th>' for g, n in self._groups())
         names = "".join(f"<th>{html.escape(task_label(t) if t != MEAN else MEAN)}</th>" for t in self.mean.columns)
