@@ -1,15 +1,18 @@
 """Where features come from: a `FeatureProvider` hands out pooled features for a task split
 and extracts (one forward pass per image) only what it does not already hold.
 
-This in-memory provider is what `head2toe` needs on its own; the Parquet cache plugs in as
-`store` (anything with `load(key, layers)` / `save(key, features)`), so every caller goes
-through the same door and `forward_passes` counts what was really computed.
+This in-memory provider is what `head2toe` needs on its own; the Parquet cache
+(`head2toe.cache.FeatureCache`) plugs in as `store` (anything with `load(key, layers)` /
+`save(key, features, meta)`), so every caller goes through the same door and
+`forward_passes` counts what was really computed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from typing import Protocol
+
+import numpy as np
 
 from head2toe.backbones import Backbone
 from head2toe.extract import extract_features
@@ -43,29 +46,33 @@ def feature_key(task: Task, split: str, backbone: Backbone, target_size: int, dt
 class FeatureProvider:
     """Features of one backbone, memoised in memory and (optionally) in a persistent store."""
 
-    def __init__(self, backbone: Backbone, store: FeatureStore | None = None, batch_size: int = 32, progress: bool = True):
+    def __init__(self, backbone: Backbone, store: FeatureStore | None = None, batch_size: int = 32, progress: bool = True,
+                 dtype: str = "float16"):
         self.backbone = backbone
         self.store = store
         self.batch_size = batch_size
         self.progress = progress
+        self.dtype = dtype
         self.forward_passes = 0
         self._memory: dict[str, LayerFeatures] = {}
 
     def get(self, task: Task, split: str, target_sizes: list[int], layers: list[str] | None = None) -> dict[int, LayerFeatures]:
         """{target_size: features}; all missing target sizes come from one extraction pass."""
-        keys = {t: feature_key(task, split, self.backbone, t) for t in target_sizes}
+        keys = {t: feature_key(task, split, self.backbone, t, self.dtype) for t in target_sizes}
         found: dict[int, LayerFeatures] = {}
         for t, key in keys.items():
             feats = self._memory.get(key)
             if feats is None and self.store is not None:
                 feats = self.store.load(key, layers)
+                if feats is not None and layers is None:
+                    self._memory[key] = feats  # later calls (CV, then the final run) read it once
             if feats is not None:
                 found[t] = feats.subset(layers) if layers else feats
         missing = [t for t in target_sizes if t not in found]
         if missing:
             data = task.load(split)
             fresh = extract_features(
-                self.backbone, data, missing, batch_size=self.batch_size,
+                self.backbone, data, missing, batch_size=self.batch_size, dtype=np.dtype(self.dtype),
                 progress=f"{task.name}/{split} {self.backbone.name}" if self.progress else False,
             )
             self.forward_passes += len(data)

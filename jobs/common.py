@@ -9,18 +9,22 @@ import sys
 import numpy as np
 
 from head2toe.backbones import Backbone, create_backbone
+from head2toe.cache import FeatureCache, open_cache
 from head2toe.errors import H2TError
 from head2toe.provider import FeatureProvider
 
 
-def add_backbone_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="efficientnet_lite0", help="registry name (h2t backbones) or a timm model name")
+def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """Backbone and feature-cache flags; `many` lets --backbone take several names."""
+    p.add_argument("--backbone", default=["efficientnet_lite0"] if many else "efficientnet_lite0", nargs="+" if many else None,
+                   help="registry name (h2t backbones) or a timm model name")
     p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for timm backbones")
     p.add_argument("--input-size", type=int, default=None, help="override the backbone's input size (px)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32, help="images per backbone forward")
     p.add_argument("--cache", default=None, help="feature cache URI (folder, s3://, gs://); default $H2T_CACHE or ~/.cache/h2t/features")
+    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"], help="dtype of cached features")
 
 
 def positive(kind: type, flag: str):
@@ -56,7 +60,7 @@ def non_negative(text: str) -> float:
     return value
 
 
-def build_backbone(args: argparse.Namespace) -> Backbone:
+def build_backbone(args: argparse.Namespace, name: str | None = None) -> Backbone:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,11 +68,17 @@ def build_backbone(args: argparse.Namespace) -> Backbone:
         torch.device(device)
     except RuntimeError:
         raise H2TError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    return create_backbone(args.backbone, weights=args.weights, input_size=args.input_size, checkpoint=args.checkpoint, device=device)
+    return create_backbone(name or args.backbone, weights=args.weights, input_size=args.input_size, checkpoint=args.checkpoint, device=device)
+
+
+def build_cache(args: argparse.Namespace) -> FeatureCache:
+    """The persistent feature cache named by --cache (default $H2T_CACHE or ~/.cache/h2t/features)."""
+    return open_cache(args.cache, dtype=getattr(args, "feature_dtype", "float16"))
 
 
 def build_provider(args: argparse.Namespace, backbone: Backbone, progress: bool = True) -> FeatureProvider:
-    return FeatureProvider(backbone, store=None, batch_size=args.batch_size, progress=progress)
+    cache = build_cache(args)
+    return FeatureProvider(backbone, store=cache, batch_size=args.batch_size, progress=progress, dtype=cache.dtype)
 
 
 def emit_json(obj: dict) -> None:
