@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -12,6 +13,8 @@ from head2toe.backbones import Backbone, create_backbone
 from head2toe.cache import FeatureCache, open_cache
 from head2toe.errors import H2TError
 from head2toe.provider import FeatureProvider
+from head2toe.tasks import Task, get_task
+from head2toe.tasks.vtab import set_data_dir
 
 
 def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -25,6 +28,22 @@ def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per backbone forward")
     p.add_argument("--cache", default=None, help="feature cache URI (folder, s3://, gs://); default $H2T_CACHE or ~/.cache/h2t/features")
     p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"], help="dtype of cached features")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=os.environ.get("TFDS_DATA_DIR"),
+                   help="folder of tfds-prepared data for the VTAB tasks (default $TFDS_DATA_DIR, else ~/tensorflow_datasets)")
+
+
+def load_task(args: argparse.Namespace) -> Task:
+    """The --task, its data checked before any model is built, so a missing dataset fails in seconds."""
+    if getattr(args, "data_dir", None):
+        set_data_dir(args.data_dir)
+    task = get_task(args.task)
+    require = getattr(task, "require_data", None)
+    if require is not None:
+        require()
+    return task
 
 
 def positive(kind: type, flag: str):

@@ -12,14 +12,14 @@ from head2toe.errors import H2TError
 from head2toe.evaluate import fixed_or_grid, run_protocol
 from head2toe.grids import DEFAULT_GRIDS
 from head2toe.methods import METHODS
-from head2toe.tasks import get_task
-from jobs.common import add_backbone_args, build_backbone, build_provider, emit_json, fraction, non_negative, positive
+from jobs.common import add_backbone_args, add_data_args, build_backbone, build_provider, emit_json, fraction, load_task, non_negative, positive
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="registry name (h2t tasks) or imagefolder:PATH")
     p.add_argument("--method", default="head2toe", help=f"one of: {', '.join(METHODS)}")
     add_backbone_args(p)
+    add_data_args(p)
     p.add_argument("--lr", type=positive(float, "--lr"))
     p.add_argument("--steps", type=positive(int, "--steps"))
     p.add_argument("--coef", type=non_negative)
@@ -36,7 +36,7 @@ def main(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise H2TError(f"unknown method {args.method!r}; choose one of: {', '.join(METHODS)}")
     method = METHODS[args.method]
-    task = get_task(args.task)
+    task = load_task(args)
     try:
         grid = fixed_or_grid(method, DEFAULT_GRIDS[method.name], lr=args.lr, steps=args.steps, coef=args.coef,
                              target_size=args.target_size, keep_fractions=args.keep_fraction)
