@@ -136,7 +136,8 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = cfg.tracking_uri or default_tracking_uri(out_dir)
-    tracker = Tracker(tracking_uri, cfg.experiment_name)
+    local = tracking_uri.startswith("sqlite:")
+    tracker = Tracker(tracking_uri, cfg.experiment_name, (out_dir / "artifacts").resolve().as_uri() if local else None)
     config_hash = cfg.sweep_id()
     earlier = tracker.instances(config_hash)
     sweep_id = earlier[-1] if resume and earlier else f"{config_hash}-{len(earlier) + 1}"

@@ -37,11 +37,13 @@ def kf_suffix(fraction: float) -> str:
 class Tracker:
     """Sweep-, stage- and trial-level runs in one experiment."""
 
-    def __init__(self, tracking_uri: str, experiment: str):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None):
+        """`artifact_location` applies when the experiment is created: a local store keeps its
+        artefacts beside the database, so copying the output folder keeps the selections."""
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location)
         self.experiment = experiment
 
     # -- queries ---------------------------------------------------------------------------
