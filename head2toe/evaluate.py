@@ -36,6 +36,7 @@ def cross_validate(provider: FeatureProvider, task: Task, method: FeatureMethod,
     for t, hps in _by_target(grid).items():
         train = provider.get(task, "train", [t])[t]
         train.check_finite()
+        train.check_labels(task.num_classes)
         splits = cv_folds(len(train))
         for k in folds if folds is not None else range(len(splits)):
             tr, va = splits[k]
@@ -48,7 +49,9 @@ def final_run(provider: FeatureProvider, task: Task, method: FeatureMethod, hp: 
     """Train on all training data with `hp`, score on test."""
     feats = provider.get(task, "train", [hp.target_size])[hp.target_size]
     test = provider.get(task, "test", [hp.target_size])[hp.target_size]
-    feats.check_finite()
+    for split in (feats, test):
+        split.check_finite()
+        split.check_labels(task.num_classes)
     (r,) = method.evaluate(feats, test, [hp], task.num_classes, seed=seed, device=device)[:1]
     return r
 

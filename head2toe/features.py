@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from head2toe.errors import H2TError
 from head2toe.normalize import unit_normalize
 
 
@@ -51,12 +52,27 @@ class LayerFeatures:
             raise KeyError(f"layers not available: {missing}; have {self.layer_names}")
         return LayerFeatures({n: self.layers[n] for n in names}, self.labels, self.meta)
 
+    def _where(self) -> str:
+        parts = [f"{k} {self.meta[k]}" for k in ("task", "split", "target_size") if k in self.meta]
+        key = f" (cache key {self.meta['key']})" if self.meta.get("key") else ""
+        return (" in " + ", ".join(parts) if parts else "") + key
+
     def check_finite(self) -> None:
         """Refuse NaN/Inf before a probe silently learns nothing; names the layer."""
         for name, block in self.layers.items():
             if not np.isfinite(block).all():
                 bad = int((~np.isfinite(block)).any(axis=1).sum())
-                raise ValueError(f"layer {name!r} holds NaN/Inf in {bad} of {len(block)} rows")
+                raise H2TError(f"features of layer {name!r} hold NaN/Inf in {bad} of {len(block)} rows{self._where()}; "
+                               "the backbone or its input produced them: check the weights and images, then re-extract")
+
+    def check_labels(self, num_classes: int) -> None:
+        """Refuse labels outside 0..num_classes-1 (a foreign or damaged feature file), which the
+        loss would otherwise meet as an index error (CPU) or a device-side assert (GPU)."""
+        bad = (self.labels < 0) | (self.labels >= num_classes)
+        if bad.any():
+            raise H2TError(f"labels out of range: {int(bad.sum())} of {len(self.labels)} rows hold labels "
+                           f"{sorted(set(self.labels[bad].tolist()))[:5]} outside 0..{num_classes - 1}{self._where()}; "
+                           "the features do not belong to this task: delete that cache file to re-extract")
 
     def matrix(self, kept: dict[str, np.ndarray] | None = None) -> torch.Tensor:
         """h_all: every layer (or only its `kept` columns) unit-normalised, then concatenated."""

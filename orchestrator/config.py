@@ -141,12 +141,15 @@ class SweepConfig(_Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v):
-        from head2toe.tasks import task_names
+        from head2toe.tasks import get_task, task_names
 
         known = set(task_names())
         bad = [t for t in v if t not in known and not t.startswith("imagefolder:")]
         if bad:
             raise ValueError(f"unknown task(s) {bad}; known: {', '.join(sorted(known))} or imagefolder:PATH")
+        for t in v:  # a user's folder is checked now (missing, empty, one class, unreadable image), not after Ray starts
+            if t.startswith("imagefolder:"):
+                get_task(t)
         return v
 
     @field_validator("folds")

@@ -47,6 +47,7 @@ def share_features(cfg: SweepConfig, need_test: bool = True) -> tuple[dict[str, 
             for split in ("train", "test") if need_test else ("train",):
                 for t, feats in provider.get(task, split, sizes).items():
                     feats.check_finite()
+                    feats.check_labels(task.num_classes)
                     refs[feature_ref_key(task_name, backbone_id(bb), split, t)] = ray.put(feats)
         forwards += provider.forward_passes
     return refs, forwards
