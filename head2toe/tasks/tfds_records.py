@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, Callable, Sequence
@@ -28,13 +29,6 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="h2t-decode")
 
 
-@lru_cache(maxsize=64)
-def _open(data_dir: str, name: str, split: str) -> Sequence[dict]:
-    import tensorflow_datasets as tfds
-
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-
-
 class LazyRecords(Sequence):
     """uint8 HWC images of the concatenated ranges `parts` = [(split, start, stop), ...]
     of tfds dataset `name` ("clevr:3.1.0"); `image_fn` post-processes each image."""
@@ -44,6 +38,8 @@ class LazyRecords(Sequence):
         self.data_dir, self.name, self.parts, self.image_fn = data_dir, name, list(parts), image_fn
         self._ends = np.cumsum([b - a for _, a, b in self.parts]).tolist()
         self._ahead: tuple[tuple[int, int], list[Future]] | None = None
+        self._sources: dict[str, Sequence[dict]] = {}
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
         return {"data_dir": self.data_dir, "name": self.name, "parts": self.parts, "image_fn": self.image_fn}
@@ -61,14 +57,24 @@ class LazyRecords(Sequence):
         split, start, _ = self.parts[k]
         return split, start + i - (self._ends[k - 1] if k else 0)
 
+    def _source(self, split: str) -> Sequence[dict]:
+        with self._lock:  # decode threads ask at once; open each split once
+            if split not in self._sources:
+                import tensorflow_datasets as tfds
+
+                self._sources[split] = tfds.data_source(self.name, split=split, data_dir=self.data_dir, download=False)
+            return self._sources[split]
+
     def example(self, i: int) -> dict[str, Any]:
         """The decoded tfds example behind image `i`."""
         split, j = self._locate(i)
-        return _open(self.data_dir, self.name, split)[j]
+        return self._source(split)[j]
 
     def _image(self, i: int) -> np.ndarray:
         image = np.asarray(self.example(i)["image"])
-        return self.image_fn(image) if self.image_fn else image
+        if self.image_fn:
+            return self.image_fn(image)
+        return image if image.flags.writeable else image.copy()  # torch warns on read-only arrays
 
     def _submit(self, start: int, stop: int) -> list[Future]:
         return [_pool().submit(self._image, i) for i in range(start, stop)]
