@@ -56,6 +56,7 @@ MOCK_COUNTS = {"train": 2000, "validation": 200, "test": 400, "extra": 10}
 
 def test_registry_names_groups_and_classes():
     assert {n: s.num_classes for n, s in SPECS.items()} == CLASSES
+    assert all(get_task(n).source == "tfds" and get_task(n).num_classes == c for n, c in CLASSES.items())
     for group, n in GROUPS.items():
         assert sum(s.group == group for s in SPECS.values()) == n
 

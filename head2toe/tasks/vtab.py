@@ -329,7 +329,7 @@ class VtabTask(Task):
         note = f" ({ds.note})" if ds.note else ""
         if p is None:
             raise H2TError(
-                f"VTAB task {self.name!r}: tfds dataset {ds.path} ({' or '.join(a + 'x' for a in ds.accept)}) is not prepared "
+                f"VTAB task {self.name!r}: tfds dataset {ds.path} ({' or '.join(a + 'x' if a.endswith('.') else a for a in ds.accept)}) is not prepared "
                 f"under {self.where}; on a machine with internet run: {prepare_command(self.name, self.where)}{note}"
             )
         missing = sorted(s for s in self._base_splits(p.counts) if not _has_array_record(p.root, s))
