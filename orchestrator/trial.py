@@ -2,9 +2,17 @@
 
 Runs in a Ray worker. Features arrive as object-store references (one copy per node,
 read zero-copy); nothing here writes to MLflow: rows go back to the driver, which logs.
+
+Out of memory in a trial (CUDA OOM, or a RuntimeError saying "out of memory") becomes a
+`TrialOutOfMemory` naming the trial's config and feature count: that trial fails (Tune
+retries it per FailureConfig, its MLflow runs end FAILED) and the sweep goes on.
+Fault injection for tests: `H2T_SIMULATE_OOM=<method>` (or `*`) in a worker's environment
+makes that method's trials raise `torch.cuda.OutOfMemoryError` where the probe would train,
+since a monkeypatch cannot reach Ray worker processes. Unset in normal use.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import ray
@@ -21,6 +29,39 @@ from orchestrator.tracking import kf_suffix
 def _use_assigned_cpus() -> None:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
+
+
+SIMULATE_OOM = "H2T_SIMULATE_OOM"
+
+
+class TrialOutOfMemory(RuntimeError):
+    """A trial's probes did not fit in memory; the message says which config and how big."""
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def evaluate_or_explain_oom(spec: TrialSpec, tr, ev, num_classes: int) -> list[EvalResult]:
+    """`METHODS[spec.method].evaluate`, with an out-of-memory error turned into one clear line."""
+    method = METHODS[spec.method]
+    try:
+        if os.environ.get(SIMULATE_OOM) in (spec.method, "*"):
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (simulated by {SIMULATE_OOM}={os.environ[SIMULATE_OOM]})")
+        return method.evaluate(tr, ev, list(spec.hps), num_classes, seed=spec.seed)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+        if not _is_oom(e):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # a reused actor starts its next trial with the memory back
+        n_features = sum(tr.widths[n] for n in method.input_layers(tr.layer_names))
+        hps = "; ".join(" ".join(f"{k}={v}" for k, v in hp_params(spec, hp).items()) for hp in spec.hps)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrialOutOfMemory(
+            f"out of memory in trial {spec.name()}: task={spec.task} backbone={spec.backbone.name} method={spec.method} "
+            f"hps=[{hps}] n_features={n_features} rows={len(tr)} heads={len(spec.hps)} ({first}); "
+            "use fewer or smaller target sizes, batch_hparams: false, or more GPU memory per trial (resources.trial.gpu)"
+        ) from None
 
 
 def hp_params(spec: TrialSpec, hp) -> dict:
@@ -70,7 +111,7 @@ def feature_trial(config: dict, refs: dict, trials: list[dict]) -> None:
         tr_idx, va_idx = cv_folds(len(train))[spec.fold]
         tr, ev = train.rows(tr_idx), train.rows(va_idx)
     start = time.perf_counter()
-    results = METHODS[spec.method].evaluate(tr, ev, list(spec.hps), trial["num_classes"], seed=spec.seed)
+    results = evaluate_or_explain_oom(spec, tr, ev, trial["num_classes"])
     rows = rows_for(spec, results, time.perf_counter() - start, trial.get("cv_accuracy"), train.meta.get("key", ""))
     best = max(r["metrics"].get("val_accuracy") or r["metrics"].get("test_accuracy") or 0 for r in rows)
     tune.report({"rows": rows, "accuracy": best})

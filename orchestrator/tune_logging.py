@@ -2,14 +2,34 @@
 
 A run opens (RUNNING) when its trial starts, closes FINISHED with metrics when the trial
 reports, and ends FAILED if the trial's process dies; Tune's retry opens a fresh run with
-the same trial key, so readers count a trial once (its newest FINISHED run).
+the same trial key, so readers count a trial once (its newest FINISHED run). A FAILED run
+carries the error's one-line summary in the `h2t.error` tag, so the UI says why it failed.
 """
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from ray.tune import Callback
 
 from orchestrator.tracking import Tracker
 from orchestrator.trial import hp_params
+
+
+ERROR_TAG = "h2t.error"
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|OutOfMemory)\w*: ")
+
+
+def error_summary(trial) -> str:
+    """One line for the trial's latest failure, from Tune's plain-text error file (never its pickle):
+    the last `SomeError: message` line of the traceback, else the failure's first line."""
+    try:
+        text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in text.rsplit("Failure # ", 1)[-1].splitlines()[1:] if ln.strip()]
+    found = [ln for ln in lines if _EXCEPTION_LINE.match(ln)]
+    return (found[-1] if found else lines[0] if lines else "")[:1000]
 
 
 class MlflowTrialLogger(Callback):
@@ -34,7 +54,11 @@ class MlflowTrialLogger(Callback):
         return self.open[trial.trial_id]
 
     def _fail(self, trial) -> None:
-        for run_id in self.open.pop(trial.trial_id, {}).values():
+        runs = self.open.pop(trial.trial_id, {})
+        reason = error_summary(trial) if runs else ""
+        for run_id in runs.values():
+            if reason:
+                self.tracker.client.set_tag(run_id, ERROR_TAG, reason)
             self.tracker.end(run_id, "FAILED")
             self.failed += 1
 
