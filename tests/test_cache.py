@@ -31,8 +31,8 @@ def synthetic(n: int = 40, seed: int = 0, dtype=np.float16) -> LayerFeatures:
 
 @pytest.fixture(scope="module")
 def tiny():
-    """Random-init EfficientNet-Lite0 at 64 px: real taps, ~1 s per 100 images."""
-    return create_backbone("efficientnet_lite0", weights="random", input_size=64)
+    """Random-init EfficientNet-Lite0 at 32 px: real taps, well under a second per 100 images."""
+    return create_backbone("efficientnet_lite0", weights="random", input_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,14 @@ def faces():
     return get_task("faces")
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_roundtrip_projection_and_footer(tmp_path, dtype):
+@pytest.mark.parametrize("dtype,group_bytes", [(np.float16, None), (np.float32, None), (np.float16, 1000)])
+def test_roundtrip_projection_and_footer(tmp_path, monkeypatch, dtype, group_bytes):
+    if group_bytes:  # several row groups: the streaming layout of large splits
+        monkeypatch.setattr("head2toe.cache.format.ROW_GROUP_BYTES", group_bytes)
     cache = FeatureCache(str(tmp_path), dtype=np.dtype(dtype).name)
     feats = synthetic(dtype=dtype)
     cache.save("k", feats, {"task": "t", "split": "train"})
+    assert pq.ParquetFile(cache.path("k")).metadata.num_row_groups == (1 if not group_bytes else 4)
     got = cache.load("k", ["blocks.1", "pre_logits"])
     assert got.layer_names == ["blocks.1", "pre_logits"]
     for name in got.layer_names:
@@ -62,13 +65,13 @@ def test_roundtrip_projection_and_footer(tmp_path, dtype):
 
 def test_key_is_a_digest_of_exactly_the_inputs(tiny, faces):
     key = feature_key(faces, "train", tiny, 64)
-    assert key == feature_key(faces, "train", create_backbone("efficientnet_lite0", weights="random", input_size=64), 64)
+    assert key == feature_key(faces, "train", create_backbone("efficientnet_lite0", weights="random", input_size=32), 64)
     others = {
         "target size": feature_key(faces, "train", tiny, 128),
         "split": feature_key(faces, "test", tiny, 64),
         "dtype": feature_key(faces, "train", tiny, 64, "float32"),
-        "weights": feature_key(faces, "train", create_backbone("efficientnet_lite0", weights="pretrained", input_size=64), 64),
-        "input size": feature_key(faces, "train", create_backbone("efficientnet_lite0", weights="random", input_size=96), 64),
+        "weights": feature_key(faces, "train", create_backbone("efficientnet_lite0", weights="pretrained", input_size=32), 64),
+        "input size": feature_key(faces, "train", create_backbone("efficientnet_lite0", weights="random", input_size=48), 64),
         "task": feature_key(get_task("digits"), "train", tiny, 64),
     }
     assert len({key, *others.values()}) == len(others) + 1, others
@@ -207,7 +210,7 @@ def _in_process(argv: list[str], capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-RUN = ["run", "--task", "faces", "--input-size", "64", "--method", "linear", "--lr", "0.1", "--steps", "20", "--coef", "0"]
+RUN = ["run", "--task", "faces", "--input-size", "32", "--method", "linear", "--lr", "0.1", "--steps", "20", "--coef", "0"]
 
 
 def test_second_h2t_run_does_no_forward_pass(tmp_path, capsys):
@@ -218,7 +221,7 @@ def test_second_h2t_run_does_no_forward_pass(tmp_path, capsys):
 
 
 def test_h2t_extract_fills_every_target_size_in_one_pass(tmp_path, capsys):
-    argv = ["extract", "--task", "faces", "--input-size", "64", "--target-size", "64", "128", "--cache", str(tmp_path), "--json"]
+    argv = ["extract", "--task", "faces", "--input-size", "32", "--target-size", "64", "128", "--cache", str(tmp_path), "--json"]
     first = _in_process(argv, capsys)
     assert first["forward_passes"] == 200 and first["written"] == 4 and first["written_bytes"] > 0
     again = _in_process(argv, capsys)
@@ -229,7 +232,7 @@ def test_h2t_extract_fills_every_target_size_in_one_pass(tmp_path, capsys):
 
 def test_h2t_extract_refuses_without_room(tmp_path):
     env = {**os.environ, "H2T_NO_REEXEC": "1"}
-    out = subprocess.run([sys.executable, "-m", "jobs.extract", "--task", "faces", "--input-size", "64", "--target-size", "64",
+    out = subprocess.run([sys.executable, "-m", "jobs.extract", "--task", "faces", "--input-size", "32", "--target-size", "64",
                           "--cache", str(tmp_path), "--min-free", "1000000T"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     line = out.stderr.strip().splitlines()[-1]

@@ -17,7 +17,7 @@ def local_ray():
 
 
 def test_one_ray_task_per_split_then_nothing_when_cached(local_ray, tmp_path):
-    bb = BackboneConfig(name="efficientnet_lite0", weights="random", input_size=64)
+    bb = BackboneConfig(name="efficientnet_lite0", weights="random", input_size=32)
     jobs = [ExtractionJob("faces", split, bb, (64, 128)) for split in ("train", "test")]
     lines: list[str] = []
     first = run_extraction(jobs, str(tmp_path), report=lines.append)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from head2toe.cache.format import InvalidFile, from_table, read_doc, rows_per_group, to_table
+from head2toe.cache.format import WRITE_OPTIONS, InvalidFile, from_table, mapped_read, read_doc, rows_per_group, to_table
 from head2toe.errors import H2TError
 from head2toe.features import LayerFeatures
 
@@ -36,10 +36,9 @@ def default_cache_uri() -> str:
 class FeatureCache:
     """A `FeatureStore` (see head2toe.provider) backed by Parquet files, one per key."""
 
-    def __init__(self, uri: str | None = None, dtype: str = "float16", verify: bool = True):
+    def __init__(self, uri: str | None = None, dtype: str = "float16"):
         self.uri = uri or default_cache_uri()
         self.dtype = dtype
-        self.verify = verify
         self.rejected: list[tuple[str, str]] = []  # (path, reason) of files refused
         self.fs, self.root = _resolve(self.uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -55,7 +54,10 @@ class FeatureCache:
         return f"FeatureCache({self.uri!r}, dtype={self.dtype!r})"
 
     def load(self, key: str, layers: list[str] | None = None) -> LayerFeatures | None:
-        """The stored features of `key` (only `layers` when given), or None when absent or invalid."""
+        """The stored features of `key` (only `layers` when given), or None when absent or invalid.
+
+        Every column read is checked against its digest. Local files come back as read-only
+        views of a memory map (no copy); other storage is read through Arrow."""
         path = self.path(key)
         try:
             with self._open(path) as f:
@@ -66,8 +68,12 @@ class FeatureCache:
                 missing = [n for n in wanted if n not in names]
                 if missing:
                     raise InvalidFile(f"lacks layers {missing}")
+                if self.local:
+                    mapped = mapped_read(path, pf.metadata, doc, wanted)
+                    if mapped is not None:
+                        return mapped
                 table = pf.read(columns=[*wanted, "label"], use_threads=True)
-            return from_table(table, doc, wanted, verify=self.verify)
+            return from_table(table, doc, wanted)
         except FileNotFoundError:
             return None
         except InvalidFile as e:
@@ -103,8 +109,7 @@ class FeatureCache:
         tmp = f"{self.root}/.tmp-{key}-{uuid.uuid4().hex}{SUFFIX}"
         try:
             with self.fs.open_output_stream(tmp) as sink:
-                pq.write_table(table, sink, row_group_size=rows_per_group(features), compression="none",
-                               use_dictionary=False, write_statistics=False, store_schema=True)
+                pq.write_table(table, sink, row_group_size=rows_per_group(features), **WRITE_OPTIONS)
             self.fs.move(tmp, final)
         except BaseException:
             try:
@@ -122,9 +127,12 @@ class FeatureCache:
         return shutil.disk_usage(self.root).free if self.local else None
 
     def _open(self, path: str) -> pa.NativeFile:
+        """Local files are memory-mapped: Arrow then reads pages straight from the page cache
+        (measured ~2x faster than buffered reads here). Files are replaced by rename, never
+        rewritten in place, so a mapping always sees one complete file."""
         if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
             raise FileNotFoundError(path)
-        return self.fs.open_input_file(path)
+        return pa.memory_map(path, "r") if self.local else self.fs.open_input_file(path)
 
     def _reject(self, path: str, reason: str) -> None:
         self.rejected.append((path, reason))
