@@ -8,6 +8,7 @@ import json
 import ray
 
 from head2toe.backbones import create_backbone
+from head2toe.cache import open_cache
 from head2toe.provider import FeatureProvider
 from head2toe.tasks import get_task
 from orchestrator.config import BackboneConfig, SweepConfig
@@ -22,20 +23,12 @@ def feature_ref_key(task: str, bb_id: str, split: str, target_size: int) -> str:
     return f"{task}|{bb_id}|{split}|{target_size}"
 
 
-def open_store(uri: str | None):
-    """The persistent feature cache when available (None keeps features in memory only)."""
-    try:
-        from head2toe.cache import open_cache  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return open_cache(uri)
-
-
 def share_features(cfg: SweepConfig, need_test: bool = True) -> tuple[dict[str, ray.ObjectRef], int]:
-    """Object refs keyed by `feature_ref_key`, and the number of backbone forward passes run."""
+    """Object refs keyed by `feature_ref_key`, and the number of backbone forward passes run
+    here (0 after `extract_for_sweep` filled the cache; the driver only reads it back)."""
     refs: dict[str, ray.ObjectRef] = {}
     forwards = 0
-    store = open_store(cfg.cache)
+    store = open_cache(cfg.cache)
     by_backbone: dict[BackboneConfig, list[tuple[str, list[int]]]] = {}
     for task, bb, sizes in extraction_needs(cfg):
         by_backbone.setdefault(bb, []).append((task, sizes))

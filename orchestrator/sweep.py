@@ -33,6 +33,7 @@ from head2toe.allocator import allocator_env  # noqa: E402
 from head2toe.protocol import choose_best  # noqa: E402
 from head2toe.tasks import get_task  # noqa: E402
 from orchestrator.config import SweepConfig  # noqa: E402
+from orchestrator.extraction import extract_for_sweep  # noqa: E402
 from orchestrator.features import backbone_id, share_features  # noqa: E402
 from orchestrator.plan import TrialSpec, cv_specs, final_specs  # noqa: E402
 from orchestrator.tracking import Tracker  # noqa: E402
@@ -152,7 +153,9 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
     try:
         todo_cv = [s for s in (x.without(finished) for x in cv_specs(cfg)) if s is not None]
         stage = tracker.stage_run(sweep_id, parent, "extract")
-        refs, forwards = share_features(cfg, need_test=True)
+        extraction = extract_for_sweep(cfg)  # Ray tasks (GPU when the cluster has them) fill the cache
+        refs, driver_forwards = share_features(cfg, need_test=True)  # read back from the cache, into the object store
+        forwards = extraction.forward_passes + driver_forwards
         tracker.client.log_metric(stage, "forward_passes", forwards)
         tracker.end(stage)
         counts["forward_passes"] = forwards

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("H2T_NO_REEXEC", "1")  # subprocess jobs inherit the allocator `make test` chose
+# One feature cache per test session, never the user's: tests start from an empty cache.
+os.environ.setdefault("H2T_CACHE", tempfile.mkdtemp(prefix="h2t-test-cache-"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
