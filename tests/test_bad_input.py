@@ -103,7 +103,7 @@ def test_h2t_run_refuses_bad_imagefolder(tmp_path, case):
     assert not list(cache.rglob("*.parquet"))
 
 
-def _cached_faces(cache_dir: Path, damage: str) -> None:
+def cached_faces(cache_dir: Path, damage: str) -> None:
     """Valid cache files for faces (random-init backbone, 64 px, T=16), with one fault in train:
     NaN/Inf in one layer, or labels the 2-class task cannot have (a foreign file)."""
     from head2toe.backbones import create_backbone
@@ -133,7 +133,7 @@ def _cached_faces(cache_dir: Path, damage: str) -> None:
 def test_h2t_run_refuses_bad_cached_features(tmp_path, damage, fragments):
     """Features that come from the cache are checked before a probe trains on them."""
     cache = tmp_path / "cache"
-    _cached_faces(cache, damage)
+    cached_faces(cache, damage)
     before = sorted(p.stat().st_mtime_ns for p in cache.glob("*.parquet"))
     proc, elapsed = h2t("run", "--task", "faces", "--cache", str(cache), "--method", "linear", *RUN)
     assert_refused(proc, elapsed, *fragments)

@@ -88,7 +88,7 @@ def test_killed_trial_worker_is_retried_and_counted_once(local_ray, cache_uri, t
     (dead,) = [r for r in all_runs if r.info.status == "FAILED"]
     retry = [r for r in all_runs if r.info.status == "FINISHED" and r.data.tags["h2t.trial_key"] == dead.data.tags["h2t.trial_key"]]
     assert len(retry) == 1 and retry[0].info.start_time > dead.info.start_time
-    assert dead.data.tags[ERROR_TAG]  # why it failed, in one line
+    assert "actor died" in dead.data.tags[ERROR_TAG]  # why it failed, in one line
     # the analysis counts every trial once: 2 CV + 1 final; with every run, the dead attempt too
     assert len(load_runs(res.tracking_uri, cfg.experiment_name)) == 3
     every = load_runs(res.tracking_uri, cfg.experiment_name, every_run=True)
@@ -119,6 +119,26 @@ def test_out_of_memory_trial_fails_clearly_and_the_sweep_goes_on(local_ray, cach
     assert "out of memory in trial cv_faces_efficientnet_lite0_all_l2" in capsys.readouterr().err
     sweep_run = next(r for r in runs(res.tracking_uri) if r.data.tags.get("h2t.kind") == "sweep")
     assert sweep_run.info.status == "FAILED"  # a sweep with a failed trial says so
+
+
+@pytest.mark.parametrize("damage,fragment", [("nan", "features of layer 'blocks.0.0' hold NaN/Inf"), ("labels", "labels out of range")],
+                         ids=["nan", "labels"])
+def test_sweep_refuses_bad_features_before_any_trial(local_ray, tmp_path, damage, fragment):
+    """Features a sweep reads are checked on the driver before any trial is scheduled."""
+    from head2toe.errors import H2TError
+    from orchestrator.sweep import run_sweep
+    from test_bad_input import cached_faces
+
+    cached_faces(tmp_path / "cache", damage)
+    cfg = load_config(write_config(tmp_path / "bad.yaml", seeds=[0], folds=[0], cache=str(tmp_path / "cache"),
+                                   backbones=[{"name": "efficientnet_lite0", "input_size": 64, "weights": "random"}],
+                                   methods={"linear": {**LINEAR, "steps": [5]}}))
+    with pytest.raises(H2TError, match=re.escape(fragment)):
+        run_sweep(cfg, tmp_path / "out")
+    all_runs = runs(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+    assert not [r for r in all_runs if r.data.tags.get("h2t.kind") == "trial"]
+    assert {r.info.status for r in all_runs} == {"FAILED"}  # the sweep run and its extract stage say so
+    assert len(list((tmp_path / "cache").glob("*.parquet"))) == 2  # read, not rebuilt
 
 
 @pytest.mark.slow
