@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from head2toe.errors import H2TError
+from head2toe.preprocess import RESIZE
 
 PRE_LOGITS, LOGITS = "pre_logits", "logits"
 WEIGHTS_CHOICES = ("pretrained", "random")
@@ -208,7 +209,7 @@ class Backbone:
 
     @property
     def preprocessing(self) -> dict:
-        return {"input_size": self.input_size, "mean": list(self.spec.mean), "std": list(self.spec.std), "resize": "bilinear+antialias"}
+        return {"input_size": self.input_size, "mean": list(self.spec.mean), "std": list(self.spec.std), "resize": RESIZE}
 
     def identity(self) -> dict:
         """What decides this backbone's features (feeds the cache key)."""

@@ -56,7 +56,9 @@ def init_ray(address: str | None) -> None:
     Workers inherit the fastest CPU allocator."""
     if ray.is_initialized():
         return
-    env = {k: v for k, v in allocator_env().items()}
+    env = dict(allocator_env())
+    if os.environ.get("TFDS_DATA_DIR"):
+        env["TFDS_DATA_DIR"] = os.environ["TFDS_DATA_DIR"]  # where workers find prepared VTAB data
     ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True, configure_logging=False)
 
 
@@ -136,6 +138,10 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
               config_text: str = "") -> SweepResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data_dir:
+        from head2toe.tasks.vtab import set_data_dir
+
+        set_data_dir(cfg.data_dir)
     tracking_uri = cfg.tracking_uri or default_tracking_uri(out_dir)
     local = tracking_uri.startswith("sqlite:")
     tracker = Tracker(tracking_uri, cfg.experiment_name, (out_dir / "artifacts").resolve().as_uri() if local else None)
