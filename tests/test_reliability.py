@@ -143,10 +143,11 @@ def test_sweep_refuses_bad_features_before_any_trial(local_ray, tmp_path, damage
 
 @pytest.mark.slow
 def test_fifty_concurrent_trials_log_to_sqlite_without_lock_errors(local_ray, cache_uri, tmp_path, capfd, caplog):
-    """Trials run four at a time; only the driver writes the SQLite store, so no "database is locked"."""
+    """Up to four trials at a time (long enough to overlap); only the driver writes the SQLite store,
+    so no "database is locked"."""
     from orchestrator.sweep import run_sweep
 
-    grid = {"lr": [0.1, 0.05, 0.02, 0.01, 0.005], "steps": [5, 10], "coef": [0.0], "target_size": [16]}
+    grid = {"lr": [0.1, 0.05, 0.02, 0.01, 0.005], "steps": [300, 600], "coef": [0.0], "target_size": [16]}
     cfg = load_config(write_config(tmp_path / "fifty.yaml", seeds=[0], folds=[0, 1, 2, 3, 4], methods={"linear": grid},
                                    batch_hparams=False, resources={"trial": {"cpu": 0.5}}, cache=cache_uri))
     res = run_sweep(cfg, tmp_path / "out")
