@@ -129,7 +129,7 @@ def cached_faces(cache_dir: Path, damage: str) -> None:
 @pytest.mark.parametrize("damage,fragments", [
     ("nan", ["layer 'blocks.0.0'", "NaN/Inf in 2 of 100 rows", "task faces", "split train"]),
     ("labels", ["labels out of range", "[2, 5, 7]", "outside 0..1", "task faces"]),
-])
+], ids=["nan", "labels"])
 def test_h2t_run_refuses_bad_cached_features(tmp_path, damage, fragments):
     """Features that come from the cache are checked before a probe trains on them."""
     cache = tmp_path / "cache"
