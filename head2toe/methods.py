@@ -146,7 +146,37 @@ METHODS: dict[str, FeatureMethod] = {
 }
 
 
-def get_method(name: str) -> FeatureMethod:
+@dataclass(frozen=True)
+class ImageMethod:
+    """A method that trains the backbone itself, so it reads images, not the feature cache
+    (implemented in head2toe.image_methods; `run` is its `run_image_method`)."""
+
+    name: str
+    description: str = ""
+
+    def run(self, task, backbone_name: str, hp, seed: int = 0, fold: int | None = None, **kwargs) -> dict:
+        from head2toe.image_methods import run_image_method
+
+        return run_image_method(task, backbone_name, self.name, hp, seed, fold, **kwargs)
+
+
+IMAGE_METHODS: dict[str, ImageMethod] = {
+    m.name: m
+    for m in [
+        ImageMethod("finetune", "pretrained backbone + new linear head, all weights trained"),
+        ImageMethod("scratch", "same network from a random init"),
+        ImageMethod("head2toe_ft", "Head2Toe-selected features as the head's input, backbone trained end to end"),
+    ]
+}
+
+
+def is_image_method(name: str) -> bool:
+    return name in IMAGE_METHODS
+
+
+def get_method(name: str) -> FeatureMethod | ImageMethod:
+    if name in IMAGE_METHODS:
+        return IMAGE_METHODS[name]
     if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+        raise KeyError(f"unknown method {name!r}; choose one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
     return METHODS[name]

@@ -2,7 +2,8 @@
 
 Without explicit hyper-parameters the small default grid is searched by 5-fold CV on the
 training set; fixed flags narrow the grid. `--fold K` reports that fold's validation
-accuracy instead of the test accuracy.
+accuracy instead of the test accuracy. Image-level methods (finetune, scratch, head2toe_ft)
+train the backbone on the task's images with the same protocol (head2toe.image_methods).
 """
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ import argparse
 from head2toe.errors import H2TError
 from head2toe.evaluate import fixed_or_grid, run_protocol
 from head2toe.grids import DEFAULT_GRIDS
-from head2toe.methods import METHODS
+from head2toe.methods import IMAGE_METHODS, METHODS, is_image_method
+from head2toe.image_methods.data import AUGMENT_POLICIES
 from jobs.common import add_backbone_args, add_data_args, build_backbone, build_provider, emit_json, fraction, load_task, non_negative, positive
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="registry name (h2t tasks) or imagefolder:PATH")
-    p.add_argument("--method", default="head2toe", help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--method", default="head2toe", help=f"one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
     add_backbone_args(p)
     add_data_args(p)
     p.add_argument("--lr", type=positive(float, "--lr"))
@@ -30,11 +32,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     where.add_argument("--test", action="store_true", help="final run on test (the default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    img = p.add_argument_group("image-level methods (finetune, scratch, head2toe_ft)")
+    img.add_argument("--train-batch", type=positive(int, "--train-batch"), default=512, help="effective batch per SGD step")
+    img.add_argument("--micro-batch", type=positive(int, "--micro-batch"), help="images per forward (gradient accumulation); default: whole batch on CUDA, 32 on CPU")
+    img.add_argument("--augment", choices=["auto", *AUGMENT_POLICIES], default="auto", help="auto: the task's policy")
+    img.add_argument("--checkpoint-dir", help="checkpoint here every 500 steps; a rerun with the same dir resumes")
 
 
 def main(args: argparse.Namespace) -> int:
+    if is_image_method(args.method):
+        return run_image(args)
     if args.method not in METHODS:
-        raise H2TError(f"unknown method {args.method!r}; choose one of: {', '.join(METHODS)}")
+        raise H2TError(f"unknown method {args.method!r}; choose one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
     method = METHODS[args.method]
     task = load_task(args)
     try:
@@ -54,6 +63,36 @@ def main(args: argparse.Namespace) -> int:
     print(f"  chosen: lr={out['lr']} steps={out['steps']} coef={out['coef']} target_size={out['target_size']} keep_fraction={out['keep_fraction']}")
     if "cv_accuracy" in out:
         print(f"  5-fold CV accuracy of the chosen config: {out['cv_accuracy']:.4f}")
+    print(f"  features kept {out['n_features_kept']} / {out['n_features_total']}; backbone forward passes {out['forward_passes']}; {out['wall_s']} s")
+    return 0
+
+
+def run_image(args: argparse.Namespace) -> int:
+    """finetune / scratch / head2toe_ft: CV over the small image grid (or the fixed flags), then test."""
+    from head2toe.image_methods import DEFAULT_IMAGE_GRIDS, TrainConfig, expand_image_grid, run_image_protocol
+
+    task = load_task(args)
+    default = DEFAULT_IMAGE_GRIDS[args.method]
+    fixed = {"lr": args.lr, "steps": args.steps, "coef": args.coef, "target_size": args.target_size, "keep_fraction": args.keep_fraction}
+    grid = expand_image_grid(args.method, {**default, **{k: [v] for k, v in fixed.items() if v is not None}})
+    cfg = TrainConfig(batch_size=args.train_batch, micro_batch=args.micro_batch, augment=None if args.augment == "auto" else args.augment)
+    backbone = build_backbone(args) if args.method == "head2toe_ft" else None  # frozen, for the selection's features
+    provider = build_provider(args, backbone, progress=not args.json) if backbone is not None else None
+    out = run_image_protocol(task, args.backbone, args.method, grid, seed=args.seed, fold=args.fold, config=cfg,
+                             checkpoint_dir=args.checkpoint_dir, device=args.device, input_size=args.input_size,
+                             weights=args.weights, checkpoint=args.checkpoint, provider=provider)
+    out["kept_per_layer"] = {k: len(v) for k, v in out.pop("kept", {}).items()}
+    out.pop("widths", None)
+    if args.json:
+        emit_json({k: v for k, v in out.items() if k != "cv_results"})
+        return 0
+    acc = out.get("test_accuracy", out.get("val_accuracy"))
+    split = "test" if "test_accuracy" in out else f"fold {args.fold} val"
+    print(f"{task.name} | {out['backbone']} | {args.method}: {split} accuracy {acc:.4f}")
+    print(f"  chosen: lr={out['lr']} steps={out['steps']} coef={out['coef']} target_size={out['target_size']} keep_fraction={out['keep_fraction']}")
+    if "cv_accuracy" in out:
+        print(f"  5-fold CV accuracy of the chosen config: {out['cv_accuracy']:.4f}")
+    print(f"  input {out['input_size']} px, BatchNorm {out['bn']}, augmentation {out['augment']}, final train loss {out['train_loss']:.4f}")
     print(f"  features kept {out['n_features_kept']} / {out['n_features_total']}; backbone forward passes {out['forward_passes']}; {out['wall_s']} s")
     return 0
 

@@ -11,16 +11,17 @@ from dataclasses import asdict, dataclass, fields
 from typing import Mapping
 
 from head2toe.errors import H2TError
+from head2toe.methods import IMAGE_METHODS
 
-METHOD_NAMES = ("finetune", "scratch", "head2toe_ft")
+METHOD_NAMES = tuple(IMAGE_METHODS)
 BN_MODES = ("train", "frozen")
 
 
 @dataclass(frozen=True)
 class ImageHParams:
     """One grid point. `coef`, `target_size`, `keep_fraction` drive head2toe_ft's selection
-    (group-lasso coefficient, pooled features per layer, fraction kept); the other methods
-    ignore them and record them as given."""
+    (group-lasso coefficient, pooled features per layer, fraction kept); finetune and
+    scratch take only `lr` and `steps`."""
 
     lr: float
     steps: int
@@ -52,8 +53,12 @@ class ImageHParams:
         return cls(**{k: v for k, v in hp.items() if v is not None})
 
     def check_for(self, method: str) -> None:
-        if method == "head2toe_ft" and (self.target_size is None or self.keep_fraction is None or self.coef <= 0):
+        selection = {"coef": self.coef or None, "target_size": self.target_size, "keep_fraction": self.keep_fraction}
+        if method == "head2toe_ft" and None in selection.values():
             raise H2TError(f"head2toe_ft needs coef > 0, target_size and keep_fraction; got {self.as_dict()}")
+        given = [k for k, v in selection.items() if v is not None]
+        if method != "head2toe_ft" and given:
+            raise H2TError(f"{method} takes only lr and steps; {', '.join(given)} apply to head2toe_ft")
 
     def as_dict(self) -> dict:
         return asdict(self)

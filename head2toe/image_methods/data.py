@@ -76,30 +76,30 @@ def step_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def augment(x: torch.Tensor, policy: str, seed: int, step: int, chunk: int) -> torch.Tensor:
-    """Random resized crop and/or horizontal flip of a float NCHW batch, as one grid_sample.
-
-    Parameters come from a generator keyed by (seed, step, chunk), so they are reproducible.
-    """
+def augment_thetas(n: int, policy: str, seed: int, step: int) -> torch.Tensor | None:
+    """Affine maps (n, 2, 3) of a random resized crop and/or horizontal flip per image of
+    step `step`'s batch; None for "none". Drawn for the whole batch from a generator keyed by
+    (seed, step), so they do not depend on how the batch is split into micro-batches."""
     if policy == "none":
-        return x
-    n = x.shape[0]
-    g = _generator(seed, step, chunk, 1)
-    sx = torch.ones(n, dtype=torch.float64)
-    sy = torch.ones(n, dtype=torch.float64)
-    tx = torch.zeros(n, dtype=torch.float64)
-    ty = torch.zeros(n, dtype=torch.float64)
+        return None
+    g = _generator(seed, step, 1)
+    one = torch.ones(n, dtype=torch.float64)
+    sx, sy, tx, ty = one, one.clone(), 0 * one, 0 * one
     if "crop" in policy:
         area = torch.empty(n, dtype=torch.float64).uniform_(*CROP_AREA, generator=g)
-        log_r = torch.empty(n, dtype=torch.float64).uniform_(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), generator=g)
-        sx = (area * log_r.exp()).sqrt().clamp(max=1.0)
-        sy = (area / log_r.exp()).sqrt().clamp(max=1.0)
+        ratio = torch.empty(n, dtype=torch.float64).uniform_(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), generator=g).exp()
+        sx, sy = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)
         tx = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * (1 - sx)
         ty = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * (1 - sy)
     if "flip" in policy:
         sx = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < 0.5, -sx, sx)
-    zero = torch.zeros(n, dtype=torch.float64)
-    theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
-    theta = theta.to(x.device, torch.float32)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    zero = 0 * one
+    return torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1).float()
+
+
+def apply_thetas(x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """Resample a float NCHW batch by `augment_thetas`, on x's device (crops stay inside the image)."""
+    if theta is None:
+        return x
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

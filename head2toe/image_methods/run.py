@@ -181,13 +181,23 @@ def run_image_protocol(task: Task | str, backbone_name: str, method: str, grid: 
     """`h2t run` for image methods: with `fold`, each grid point's validation accuracy on it
     (best reported); else CV over 5 folds when the grid has several points, then the chosen
     point trained on all training rows and scored on test. `kwargs` go to run_image_method
-    (one feature provider serves every head2toe_ft selection, so extraction happens once)."""
+    (one feature provider serves every head2toe_ft selection, so extraction happens once);
+    a `checkpoint_dir` gets one sub-folder per trial."""
     start = time.perf_counter()
     folds = [fold] if fold is not None else (range(5) if len(grid) > 1 else [])
+    root = kwargs.pop("checkpoint_dir", None)
+
+    def trial_dir(hp: ImageHParams, k: int | None) -> Path | None:
+        """One checkpoint folder per trial under `root`."""
+        if root is None:
+            return None
+        name = "_".join(f"{key}{value}" for key, value in hp.as_dict().items() if value is not None)
+        return Path(root) / f"{'test' if k is None else f'fold{k}'}_{name}"
+
     rows, passes = [], 0
     for k in folds:
         for hp in grid:
-            r = run_image_method(task, backbone_name, method, hp, seed, k, **kwargs)
+            r = run_image_method(task, backbone_name, method, hp, seed, k, checkpoint_dir=trial_dir(hp, k), **kwargs)
             passes += r["forward_passes"]
             rows.append({**r, "target_size": hp.target_size or 0, "accuracy": r["val_accuracy"]})
     if fold is not None:
@@ -200,7 +210,7 @@ def run_image_protocol(task: Task | str, backbone_name: str, method: str, grid: 
             hp = ImageHParams(best["lr"], best["steps"], best["coef"], best["target_size"] or None, best["keep_fraction"])
         else:
             hp = grid[0]
-        out = run_image_method(task, backbone_name, method, hp, seed, None, **kwargs)
+        out = run_image_method(task, backbone_name, method, hp, seed, None, checkpoint_dir=trial_dir(hp, None), **kwargs)
         passes += out["forward_passes"]
         if rows:
             out["cv_accuracy"] = best["mean_accuracy"]

@@ -23,7 +23,7 @@ from torch import nn
 
 from head2toe.errors import H2TError
 from head2toe.image_methods.config import TrainConfig
-from head2toe.image_methods.data import augment, normalise, step_indices
+from head2toe.image_methods.data import apply_thetas, augment_thetas, normalise, step_indices
 from head2toe.image_methods.models import set_bn_mode
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -138,8 +138,10 @@ def train(
         idx = step_indices(n, b, seed, t).to(device)
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
+        thetas = augment_thetas(len(idx), augment_policy, seed, t)
         for c, chunk in enumerate(idx.split(micro)):
-            x = augment(normalise(images[chunk], mean, std), augment_policy, seed, t, c)
+            part = None if thetas is None else thetas[c * micro : c * micro + len(chunk)]
+            x = apply_thetas(normalise(images[chunk], mean, std), part)
             with autocast(device, cfg.amp):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[chunk]) * (len(chunk) / len(idx))
