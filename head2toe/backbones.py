@@ -132,8 +132,10 @@ def _load_timm_weights(model: nn.Module, timm_id: str, checkpoint: str | None) -
 
     try:
         load_checkpoint(model, str(path), strict=True, weights_only=True)
-    except TypeError:  # older timm without weights_only
-        load_checkpoint(model, str(path), strict=True)
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise H2TError(f"cannot load checkpoint {str(path)!r} into {timm_id!r}: {first[:300]}; "
+                       "it must be a plain state dict (tensors only) for this architecture") from None
     return file_digest(path)
 
 
