@@ -59,6 +59,7 @@ def test_roundtrip_projection_and_footer(tmp_path, monkeypatch, dtype, group_byt
     doc = cache.read_meta("k")
     assert doc["dtype"] == np.dtype(dtype).name and [x["width"] for x in doc["layers"]] == [24, 7, 5]
     assert set(doc["checksum"]["columns"]) == {"blocks.0.0.bn1", "blocks.1", "pre_logits", "index", "label"}
+    assert cache.contains("k", verify_data=False) and not cache.contains("absent", verify_data=False)
     assert cache.load("absent") is None and not cache.rejected
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
 

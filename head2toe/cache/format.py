@@ -16,8 +16,7 @@ import pyarrow as pa
 import xxhash
 
 from head2toe.features import LayerFeatures
-
-FORMAT_VERSION = 1
+from head2toe.provider import FORMAT_VERSION  # also in every key: a new format never reads old files
 META_KEY = b"h2t"
 RESERVED = ("index", "label")
 DTYPES = ("float16", "float32")
