@@ -128,6 +128,7 @@ class SweepConfig(_Strict):
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     max_failures: int = Field(default=2, ge=0)
     batch_hparams: bool = True
+    image_training: dict[str, Any] = Field(default_factory=dict)  # head2toe.image_methods.TrainConfig fields
     tracking_uri: str | None = None
     cache: str | None = None
     data_dir: str | None = None
@@ -174,13 +175,35 @@ class SweepConfig(_Strict):
                     raise ValueError(f"methods.{name}.keep_fractions: {name} needs at least one keep fraction in (0, 1]")
                 if not METHODS[name].needs_keep_fractions and parsed.keep_fractions:
                     raise ValueError(f"methods.{name}.keep_fractions: only head2toe and head2toe_layers take keep fractions")
+            else:
+                from head2toe.image_methods.run import expand_image_grid
+
+                try:
+                    points = expand_image_grid(name, {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (grid or {}).items()})
+                except (H2TError, TypeError) as e:
+                    raise ValueError(f"methods.{name}: {e}") from None
+                if not points:
+                    raise ValueError(f"methods.{name}: empty grid; give at least lr and steps")
+        try:
+            self.train_config()
+        except (H2TError, TypeError) as e:
+            raise ValueError(f"image_training: {e}") from None
         return self
+
+    def train_config(self):
+        from head2toe.image_methods.config import TrainConfig
+
+        return TrainConfig(**self.image_training)
 
     def feature_grids(self) -> dict[str, MethodGrid]:
         return {n: MethodGrid(**g) for n, g in self.methods.items() if n in METHODS}
 
-    def image_grids(self) -> dict[str, dict[str, Any]]:
-        return {n: g for n, g in self.methods.items() if n in IMAGE_METHOD_NAMES}
+    def image_grids(self) -> dict[str, list]:
+        """Image-level methods and their grid points (head2toe.image_methods.ImageHParams)."""
+        from head2toe.image_methods.run import expand_image_grid
+
+        return {n: expand_image_grid(n, {k: v if isinstance(v, list) else [v] for k, v in g.items()})
+                for n, g in self.methods.items() if n in IMAGE_METHOD_NAMES}
 
     def target_sizes(self) -> list[int]:
         return sorted({t for g in self.feature_grids().values() for t in g.target_size})

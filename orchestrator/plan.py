@@ -40,12 +40,27 @@ class TrialSpec:
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def keys(self) -> list[str]:
-        return [self.key_for(h) for h in self.hps] if self.hps else [self.key_for()]
+        return [key for key, _ in self.runs()]
+
+    def hp_params(self, hp: HParams) -> dict:
+        """MLflow params of one feature-method hp (keep fractions as a comma list in CV)."""
+        params = {"lr": hp.lr, "steps": hp.steps, "coef": hp.coef, "target_size": hp.target_size}
+        if METHODS[self.method].needs_keep_fractions:
+            params["keep_fraction" if self.stage == "final" else "keep_fractions"] = ",".join(repr(float(f)) for f in hp.keep_fractions)
+        return params
+
+    def runs(self) -> list[tuple[str, dict]]:
+        """(trial key, MLflow hp params) of every run this trial records: one per feature hp,
+        or one for an image-level trial."""
+        if not self.hps:
+            return [(self.key_for(), {k: v for k, v in self.image_hp if v is not None})]
+        return [(self.key_for(h), self.hp_params(h)) for h in self.hps]
 
     def name(self) -> str:
         fold = "test" if self.fold is None else f"f{self.fold}"
         size = f"_T{self.target_size}" if self.target_size else ""
-        return f"{self.stage}_{self.task}_{self.backbone.name}_{self.method}_s{self.seed}_{fold}{size}"
+        point = f"_{self.key_for()[:6]}" if self.image_hp else ""
+        return f"{self.stage}_{self.task}_{self.backbone.name}_{self.method}_s{self.seed}_{fold}{size}{point}"
 
     def without(self, finished: set[str]) -> "TrialSpec | None":
         """This spec reduced to its unfinished hps (None when all are finished)."""
@@ -72,6 +87,15 @@ def cv_specs(cfg: SweepConfig) -> list[TrialSpec]:
     return specs
 
 
+def image_cv_specs(cfg: SweepConfig) -> list[TrialSpec]:
+    """One trial per task x backbone x image method x seed x fold x grid point."""
+    return [
+        TrialSpec("cv", task, bb, method, seed, fold, image_hp=tuple(sorted(hp.as_dict().items())))
+        for task in cfg.tasks for bb in cfg.backbones for method, points in cfg.image_grids().items()
+        for seed in cfg.cv_seeds for fold in cfg.folds for hp in points
+    ]
+
+
 def final_specs(cfg: SweepConfig, best: dict[tuple[str, str, str], dict]) -> list[TrialSpec]:
     """One final trial per task x backbone x method x seed with the CV-chosen configuration.
 
@@ -87,10 +111,22 @@ def final_specs(cfg: SweepConfig, best: dict[tuple[str, str, str], dict]) -> lis
                 kf = (b["keep_fraction"],) if b.get("keep_fraction") and METHODS[method].needs_keep_fractions else ()
                 hp = HParams(b["lr"], int(b["steps"]), b["coef"], int(b["target_size"]), kf)
                 specs += [TrialSpec("final", task, bb, method, seed, None, (hp,)) for seed in cfg.seeds]
+            for method, points in cfg.image_grids().items():
+                b = best.get((task, bb.name, method))
+                if b is None:
+                    continue
+                chosen = next(p for p in points if _same_point(p.as_dict(), b))
+                specs += [TrialSpec("final", task, bb, method, seed, None, image_hp=tuple(sorted(chosen.as_dict().items())))
+                          for seed in cfg.seeds]
     return specs
 
 
+def _same_point(point: dict, best: dict) -> bool:
+    return all(best.get(k) == v or (v is None and best.get(k) in (None, 0.0)) for k, v in point.items())
+
+
 def extraction_needs(cfg: SweepConfig) -> list[tuple[str, BackboneConfig, list[int]]]:
-    """(task, backbone, target sizes): each is one forward pass per image per split."""
-    sizes = cfg.target_sizes()
+    """(task, backbone, target sizes): each is one forward pass per image per split. Includes
+    head2toe_ft's target sizes: its selection reads the same cached features."""
+    sizes = sorted({*cfg.target_sizes(), *(p.target_size for pts in cfg.image_grids().values() for p in pts if p.target_size)})
     return [(t, bb, sizes) for t in cfg.tasks for bb in cfg.backbones] if sizes else []

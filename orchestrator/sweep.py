@@ -35,8 +35,9 @@ from head2toe.tasks import get_task  # noqa: E402
 from orchestrator.config import SweepConfig  # noqa: E402
 from orchestrator.extraction import extract_for_sweep  # noqa: E402
 from orchestrator.features import backbone_id, share_features  # noqa: E402
-from orchestrator.plan import TrialSpec, cv_specs, final_specs  # noqa: E402
+from orchestrator.plan import TrialSpec, cv_specs, final_specs, image_cv_specs  # noqa: E402
 from orchestrator.tracking import Tracker  # noqa: E402
+from orchestrator.image_trial import image_trial  # noqa: E402
 from orchestrator.trial import feature_trial  # noqa: E402
 from orchestrator.tune_logging import MlflowTrialLogger  # noqa: E402
 
@@ -78,7 +79,11 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
         for s in specs
     ]
     logger = MlflowTrialLogger(tracker, sweep_id, stage_run, groups, trials)
-    trainable = tune.with_resources(tune.with_parameters(feature_trial, refs=refs, trials=trials), cfg.resources.trial.as_tune())
+    resources = [(cfg.resources.trial if t["spec"].hps else cfg.resources.image_trial).as_tune() for t in trials]
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, refs=refs, trials=trials, cache_uri=cfg.cache, train_config=cfg.image_training),
+        lambda config: resources[config["trial"]],
+    )
     reporter = tune.CLIReporter(metric_columns={"accuracy": "acc"}, parameter_columns=[], max_report_frequency=30,
                                 print_intermediate_tables=False)
     tuner = tune.Tuner(
@@ -93,6 +98,7 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
             name=f"{cfg.name}-{sweep_id}-{specs[0].stage}-{int(time.time())}",
             storage_path=str((out_dir / "tune").resolve()),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # image trials: resume point, not history
             callbacks=[logger, JsonLoggerCallback()], progress_reporter=reporter, verbose=1,
         ),
     )
@@ -103,19 +109,29 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
     return {"trials": len(specs), "errors": len(errors)}
 
 
+def run_trial(config: dict, refs: dict, trials: list[dict], cache_uri: str | None, train_config: dict) -> None:
+    """Tune trainable: probes on shared features, or an image-level method on images."""
+    if trials[config["trial"]]["spec"].hps:
+        feature_trial(config, refs, trials)
+    else:
+        image_trial(config, trials, cache_uri, train_config)
+
+
 def cv_rows(tracker: Tracker, sweep_id: str) -> dict[tuple[str, str, str], list[dict]]:
     """Validation rows of finished CV trials, grouped by (task, backbone, method)."""
     out: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for run in tracker.trial_runs(sweep_id, stage="cv", status="FINISHED"):
         p, m = run.data.params, run.data.metrics
-        base = {"lr": float(p["lr"]), "steps": int(p["steps"]), "coef": float(p["coef"]), "target_size": int(p["target_size"]),
+        base = {"lr": float(p["lr"]), "steps": int(p["steps"]), "coef": float(p.get("coef", 0.0)),
+                "target_size": int(p["target_size"]) if "target_size" in p else None,
                 "fold": int(p["fold"]), "seed": int(p["seed"])}
         fractions = [k.split("kf_", 1)[1] for k in m if k.startswith("val_accuracy/kf_")]
         group = out[(p["task"], p["backbone"], p["method"])]
         if fractions:
             group += [{**base, "keep_fraction": float(f), "accuracy": m[f"val_accuracy/kf_{f}"]} for f in fractions]
-        else:
-            group.append({**base, "keep_fraction": None, "accuracy": m["val_accuracy"]})
+        else:  # one accuracy per run (head2toe_ft records its single keep fraction as a param)
+            kf = float(p["keep_fraction"]) if "keep_fraction" in p else None
+            group.append({**base, "keep_fraction": kf, "accuracy": m["val_accuracy"]})
     return out
 
 
@@ -157,7 +173,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
     init_ray(address)
     stage = ""
     try:
-        todo_cv = [s for s in (x.without(finished) for x in cv_specs(cfg)) if s is not None]
+        todo_cv = [s for s in (x.without(finished) for x in [*cv_specs(cfg), *image_cv_specs(cfg)]) if s is not None]
         stage = tracker.stage_run(sweep_id, parent, "extract")
         extraction = extract_for_sweep(cfg)  # Ray tasks (GPU when the cluster has them) fill the cache
         refs, driver_forwards = share_features(cfg, need_test=True)  # read back from the cache, into the object store

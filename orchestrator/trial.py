@@ -55,7 +55,7 @@ def evaluate_or_explain_oom(spec: TrialSpec, tr, ev, num_classes: int) -> list[E
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # a reused actor starts its next trial with the memory back
         n_features = sum(tr.widths[n] for n in method.input_layers(tr.layer_names))
-        hps = "; ".join(" ".join(f"{k}={v}" for k, v in hp_params(spec, hp).items()) for hp in spec.hps)
+        hps = "; ".join(" ".join(f"{k}={v}" for k, v in spec.hp_params(hp).items()) for hp in spec.hps)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrialOutOfMemory(
             f"out of memory in trial {spec.name()}: task={spec.task} backbone={spec.backbone.name} method={spec.method} "
@@ -64,12 +64,6 @@ def evaluate_or_explain_oom(spec: TrialSpec, tr, ev, num_classes: int) -> list[E
         ) from None
 
 
-def hp_params(spec: TrialSpec, hp) -> dict:
-    params = {"lr": hp.lr, "steps": hp.steps, "coef": hp.coef, "target_size": hp.target_size}
-    if METHODS[spec.method].needs_keep_fractions:
-        key = "keep_fraction" if spec.stage == "final" else "keep_fractions"
-        params[key] = ",".join(repr(float(f)) for f in hp.keep_fractions)
-    return params
 
 
 def rows_for(spec: TrialSpec, results: list[EvalResult], wall_s: float, cv_accuracy: float | None, cache_key: str) -> list[dict]:
@@ -79,7 +73,7 @@ def rows_for(spec: TrialSpec, results: list[EvalResult], wall_s: float, cv_accur
     for hp in spec.hps:
         mine = [r for r in results if r.hp == hp]
         metrics: dict[str, float | None] = {"n_features_total": mine[0].n_features_total, "wall_time_s": per_hp, "forward_passes": 0}
-        row = {"key": spec.key_for(hp), "params": hp_params(spec, hp), "cache_key": cache_key, "metrics": metrics}
+        row = {"key": spec.key_for(hp), "params": spec.hp_params(hp), "cache_key": cache_key, "metrics": metrics}
         if spec.stage == "cv":
             metrics["val_accuracy"] = max(r.accuracy for r in mine)
             metrics["train_loss"] = min(r.train_loss for r in mine)

@@ -13,7 +13,6 @@ from pathlib import Path
 from ray.tune import Callback
 
 from orchestrator.tracking import Tracker
-from orchestrator.trial import hp_params
 
 
 ERROR_TAG = "h2t.error"
@@ -47,9 +46,8 @@ class MlflowTrialLogger(Callback):
         if trial.trial_id not in self.open:
             spec = self.trials[trial.config["trial"]]["spec"]
             self.open[trial.trial_id] = {
-                spec.key_for(hp): self.tracker.open_trial(spec, spec.key_for(hp), hp_params(spec, hp), self.sweep_id,
-                                                          self.stage_run, self.task_groups.get(spec.task, ""))
-                for hp in spec.hps
+                key: self.tracker.open_trial(spec, key, params, self.sweep_id, self.stage_run, self.task_groups.get(spec.task, ""))
+                for key, params in spec.runs()
             }
         return self.open[trial.trial_id]
 
