@@ -56,10 +56,10 @@ def test_each_method_trains_and_reports_feature_method_fields(method, hp, fold):
 
 def test_finetuning_pretrained_beats_scratch_on_digits():
     cfg = TrainConfig(batch_size=32)
-    acc = {m: run_image_method("digits", "efficientnet_lite0", m, {"lr": 0.03, "steps": 40}, input_size=32, device="cpu",
+    acc = {m: run_image_method("digits", "efficientnet_lite0", m, {"lr": 0.03, "steps": 40}, input_size=64, device="cpu",
                                config=cfg)["test_accuracy"] for m in ("finetune", "scratch")}
-    # measured: finetune 0.81 (0.85 with seed 1), scratch 0.47 (0.39)
-    assert acc["finetune"] > acc["scratch"] + 0.2, acc
+    # measured at 64 px: finetune 0.92 (0.92 with seed 1), scratch 0.43 (0.27); at 32 px the gap is smaller and noisier
+    assert acc["finetune"] > acc["scratch"] + 0.3, acc
 
 
 class _Preempted(Exception):
