@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from head2toe.errors import H2TError
-from head2toe.methods import METHODS, HParams
+from head2toe.methods import IMAGE_METHODS, METHODS, HParams
 
-IMAGE_METHOD_NAMES = ("finetune", "scratch", "head2toe_ft")
+IMAGE_METHOD_NAMES = tuple(IMAGE_METHODS)
 
 
 class _Strict(BaseModel):
