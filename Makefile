@@ -7,7 +7,7 @@ OUT ?= out/demo
 WITH_ALLOC := $(PY) -m head2toe.allocator --
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all bench jemalloc clean
+.PHONY: install demo test test-fast test-slow bench jemalloc clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -25,16 +25,21 @@ jemalloc:
 demo: install
 	$(WITH_ALLOC) $(VENV)/bin/h2t demo --out $(OUT)
 
+# The whole suite (~10 min on 2 cores): what CI runs.
 test: install
+	$(WITH_ALLOC) $(PY) -m pytest $(PYTEST_ARGS)
+
+# Without the end-to-end suite (servers, killed workers): a few minutes quicker while iterating.
+test-fast: install
 	$(WITH_ALLOC) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install
 	$(WITH_ALLOC) $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-test-all: test test-slow
-
 bench: install
-	$(WITH_ALLOC) $(PY) benchmarks/run_all.py
+	$(WITH_ALLOC) $(PY) benchmarks/bench_core.py
+	$(WITH_ALLOC) $(PY) benchmarks/bench_cache.py
+	$(WITH_ALLOC) $(PY) benchmarks/bench_sweep.py
 
 clean:
 	rm -rf out .pytest_cache

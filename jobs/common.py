@@ -46,37 +46,26 @@ def load_task(args: argparse.Namespace) -> Task:
     return task
 
 
-def positive(kind: type, flag: str):
-    """argparse type: a positive finite number; names the flag in the error."""
+def checked(kind: type, flag: str, ok, accepted: str):
+    """argparse type: a finite `kind` for which ok(value) holds; the error names the flag."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a {kind.__name__}, got {text!r}") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{flag} must be > 0, got {text}")
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{flag} must be {noun} {accepted}, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"{flag} must be {accepted}, got {text}")
         return value
     return parse
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--keep-fraction must be a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"--keep-fraction must be in (0, 1], got {text}")
-    return value
+def positive(kind: type, flag: str):
+    return checked(kind, flag, lambda v: v > 0, "> 0")
 
 
-def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--coef must be a number >= 0, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"--coef must be >= 0, got {text}")
-    return value
+fraction = checked(float, "--keep-fraction", lambda v: 0 < v <= 1, "in (0, 1]")
+non_negative = checked(float, "--coef", lambda v: v >= 0, ">= 0")
 
 
 def build_backbone(args: argparse.Namespace, name: str | None = None) -> Backbone:

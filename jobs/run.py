@@ -57,14 +57,21 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({k: v for k, v in out.items() if k not in ("cv_results", "results")})
         return 0
+    print_summary(out, task.name, backbone.name, method.name, args.fold)
+    return 0
+
+
+def print_summary(out: dict, task: str, backbone: str, method: str, fold: int | None, details: str = "") -> None:
+    """The human-readable result of `h2t run` (what --json prints as one object)."""
     acc = out.get("test_accuracy", out.get("val_accuracy"))
-    split = "test" if "test_accuracy" in out else f"fold {args.fold} val"
-    print(f"{task.name} | {backbone.name} | {method.name}: {split} accuracy {acc:.4f}")
+    split = "test" if "test_accuracy" in out else f"fold {fold} val"
+    print(f"{task} | {backbone} | {method}: {split} accuracy {acc:.4f}")
     print(f"  chosen: lr={out['lr']} steps={out['steps']} coef={out['coef']} target_size={out['target_size']} keep_fraction={out['keep_fraction']}")
     if "cv_accuracy" in out:
         print(f"  5-fold CV accuracy of the chosen config: {out['cv_accuracy']:.4f}")
+    if details:
+        print(f"  {details}")
     print(f"  features kept {out['n_features_kept']} / {out['n_features_total']}; backbone forward passes {out['forward_passes']}; {out['wall_s']} s")
-    return 0
 
 
 def run_image(args: argparse.Namespace) -> int:
@@ -86,14 +93,8 @@ def run_image(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({k: v for k, v in out.items() if k != "cv_results"})
         return 0
-    acc = out.get("test_accuracy", out.get("val_accuracy"))
-    split = "test" if "test_accuracy" in out else f"fold {args.fold} val"
-    print(f"{task.name} | {out['backbone']} | {args.method}: {split} accuracy {acc:.4f}")
-    print(f"  chosen: lr={out['lr']} steps={out['steps']} coef={out['coef']} target_size={out['target_size']} keep_fraction={out['keep_fraction']}")
-    if "cv_accuracy" in out:
-        print(f"  5-fold CV accuracy of the chosen config: {out['cv_accuracy']:.4f}")
-    print(f"  input {out['input_size']} px, BatchNorm {out['bn']}, augmentation {out['augment']}, final train loss {out['train_loss']:.4f}")
-    print(f"  features kept {out['n_features_kept']} / {out['n_features_total']}; backbone forward passes {out['forward_passes']}; {out['wall_s']} s")
+    print_summary(out, task.name, out["backbone"], args.method, args.fold,
+                  f"input {out['input_size']} px, BatchNorm {out['bn']}, augmentation {out['augment']}, final train loss {out['train_loss']:.4f}")
     return 0
 
 
