@@ -29,7 +29,7 @@ def forward_rate(backbone: str, size: int, batch: int, iters: int, taps: bool) -
         def step():
             if taps:
                 for a in b.forward_taps(x).values():
-                    pool_to_target(a.float(), 1024).numpy().astype(np.float16)
+                    pool_to_target(a.float(), 1024).to(torch.float16).numpy()  # as head2toe.extract does
             else:
                 b.model(x)
         step()  # warm-up
