@@ -12,5 +12,4 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
 }
 
 # The paper's grid shape: 2 lr x 2 steps x 3 coefs (2 for Head2Toe) x 3 target sizes.
-PAPER_TARGET_SIZES = [1024, 4096, 16384]
-PAPER_KEEP_FRACTIONS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+PAPER_TARGET_SIZES = [512, 8192, 16384]  # as configs/paper_*.yaml
