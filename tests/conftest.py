@@ -19,3 +19,12 @@ def lite0_64():
     from head2toe.backbones import create_backbone
 
     return create_backbone("efficientnet_lite0", input_size=64)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A fresh local Ray for the module (a module may override it, e.g. with worker env vars)."""
+    from sweep_helpers import local_ray as session
+
+    with session():
+        yield

@@ -1,8 +1,17 @@
 """Small sweep configs and MLflow queries shared by the sweep tests."""
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
+
+import psutil
+import ray
 
 import yaml
 from mlflow.tracking import MlflowClient
@@ -52,3 +61,44 @@ def finished_cv_runs(db: Path) -> int:
 
 def trial_status_counts(all_runs: list) -> Counter:
     return Counter((r.data.tags["h2t.stage"], r.info.status) for r in all_runs if r.data.tags.get("h2t.kind") == "trial")
+
+
+@contextmanager
+def local_ray(**env_vars: str) -> Iterator[None]:
+    """A fresh local Ray on 2 CPUs (never an existing cluster); workers get `env_vars`."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": env_vars} if env_vars else None)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def trial_worker_killer(ready: Callable[[], bool] = lambda: True) -> Iterator[list[int]]:
+    """While the block runs, SIGKILL the first Ray worker of ours that is running a trial
+    (process title `ray::ImplicitFunc.train`) once `ready()` holds: the death a pre-empted
+    node or the OOM killer gives. Yields the list of killed PIDs."""
+    stop, killed = threading.Event(), []
+
+    def watch() -> None:
+        me = psutil.Process()
+        while not stop.is_set() and not killed:
+            if ready():
+                for proc in me.children(recursive=True):
+                    try:
+                        if proc.cmdline() and proc.cmdline()[0].startswith("ray::ImplicitFunc.train"):
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed.append(proc.pid)
+                            break
+                    except psutil.Error:
+                        continue
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        thread.join()

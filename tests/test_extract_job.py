@@ -1,19 +1,10 @@
 """The Ray extraction fan-out: one Ray task per task x split x backbone, none when cached."""
 from __future__ import annotations
 
-import pytest
-import ray
 
 from head2toe.cache import open_cache
 from orchestrator.config import BackboneConfig
 from orchestrator.extraction import ExtractionJob, run_extraction
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def test_one_ray_task_per_split_then_nothing_when_cached(local_ray, tmp_path):

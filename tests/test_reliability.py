@@ -11,15 +11,10 @@ concurrent cache writers in tests/test_cache.py; refused input in tests/test_bad
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 import ray
 import yaml
@@ -28,7 +23,8 @@ from analysis.runs import load_runs
 from orchestrator.config import load_config
 from orchestrator.trial import SIMULATE_OOM
 from orchestrator.tune_logging import ERROR_TAG
-from sweep_helpers import runs, trial_status_counts, write_config
+from sweep_helpers import local_ray as local_ray_session
+from sweep_helpers import runs, trial_status_counts, trial_worker_killer, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 OOM_METHOD = "all_l2"  # the fault-injection hook makes this method's trials raise CUDA OOM (see orchestrator/trial.py)
@@ -38,10 +34,8 @@ LINEAR = {"lr": [0.1], "steps": [300], "coef": [0.0], "target_size": [16]}
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module; its workers carry the OOM hook, which only `all_l2` trials read."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
-             runtime_env={"env_vars": {SIMULATE_OOM: OOM_METHOD}})
-    yield
-    ray.shutdown()
+    with local_ray_session(**{SIMULATE_OOM: OOM_METHOD}):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -50,36 +44,13 @@ def cache_uri(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("features"))
 
 
-def kill_first_trial_worker(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first Ray worker of ours that is running a trial (process title
-    `ray::ImplicitFunc.train`), once: the same death a pre-empted node or an OOM-killer gives."""
-    me = psutil.Process()
-    while not stop.is_set():
-        for proc in me.children(recursive=True):
-            try:
-                cmd = proc.cmdline()
-            except psutil.Error:
-                continue
-            if cmd and cmd[0].startswith("ray::ImplicitFunc.train"):
-                os.kill(proc.pid, signal.SIGKILL)
-                killed.append(proc.pid)
-                return
-        time.sleep(0.05)
-
-
 def test_killed_trial_worker_is_retried_and_counted_once(local_ray, cache_uri, tmp_path):
     from orchestrator.sweep import run_sweep
 
     cfg = load_config(write_config(tmp_path / "kill.yaml", seeds=[0], folds=[0, 1], methods={"linear": LINEAR},
                                    max_concurrent_trials=1, max_failures=2, cache=cache_uri))
-    stop, killed = threading.Event(), []
-    killer = threading.Thread(target=kill_first_trial_worker, args=(stop, killed), daemon=True)
-    killer.start()
-    try:
+    with trial_worker_killer() as killed:
         res = run_sweep(cfg, tmp_path / "out")
-    finally:
-        stop.set()
-        killer.join()
     assert len(killed) == 1
     assert res.counts["cv"] == {"trials": 2, "errors": 0} and res.counts["final"] == {"trials": 1, "errors": 0}
     all_runs = [r for r in runs(res.tracking_uri) if r.data.tags.get("h2t.kind") == "trial"]

@@ -9,19 +9,11 @@ import time
 from collections import Counter
 
 import pytest
-import ray
 
 from orchestrator.config import load_config
 from orchestrator.plan import cv_specs
 from orchestrator.sweep import run_sweep
 from sweep_helpers import finished_cv_runs, runs, trial_status_counts, write_config
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path):

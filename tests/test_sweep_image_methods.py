@@ -2,29 +2,17 @@
 log like the probe methods, and resume from Tune checkpoints after the worker dies."""
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
-import ray
 
 from orchestrator.config import load_config
 from orchestrator.sweep import run_sweep
-from sweep_helpers import runs, trial_status_counts, write_config
+from sweep_helpers import runs, trial_status_counts, trial_worker_killer, write_config
 
 TRAINING = {"batch_size": 16, "micro_batch": 16, "select_steps": 20, "checkpoint_every": 5, "eval_batch": 64}
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def image_config(tmp_path: Path, methods: dict, **extra) -> Path:
@@ -58,35 +46,13 @@ def test_image_methods_run_as_trials_and_log_like_probes(local_ray, tmp_path):
     assert res.summary.shape == (1, 4)
 
 
-def kill_worker_after_checkpoint(storage: Path, stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the trial's worker once Tune has persisted (and, a moment later, registered)
-    two of its checkpoints: a pre-emption that lands after a checkpoint."""
-    me = psutil.Process()
-    while not stop.is_set():
-        if len(list(storage.glob("**/checkpoint_*"))) >= 2:
-            time.sleep(0.5)
-            for proc in me.children(recursive=True):
-                try:
-                    if proc.cmdline() and proc.cmdline()[0].startswith("ray::ImplicitFunc.train"):
-                        os.kill(proc.pid, signal.SIGKILL)
-                        killed.append(proc.pid)
-                        return
-                except psutil.Error:
-                    continue
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_preempted_finetune_trial_resumes_from_its_tune_checkpoint(local_ray, tmp_path):
     cfg = load_config(image_config(tmp_path, {"finetune": {"lr": [0.01], "steps": [40]}}, folds=[0], max_failures=2))
-    stop, killed = threading.Event(), []
-    killer = threading.Thread(target=kill_worker_after_checkpoint, args=(tmp_path / "out" / "tune", stop, killed), daemon=True)
-    killer.start()
-    try:
+    storage = tmp_path / "out" / "tune"
+    # pre-empted after Tune persisted (and, a moment later, registered) two checkpoints
+    with trial_worker_killer(lambda: len(list(storage.glob("**/checkpoint_*"))) >= 2 and not time.sleep(0.5)) as killed:
         res = run_sweep(cfg, tmp_path / "out")
-    finally:
-        stop.set()
-        killer.join()
     assert len(killed) == 1
     assert res.counts["cv"] == {"trials": 1, "errors": 0}
     trials = [r for r in runs(res.tracking_uri) if r.data.tags.get("h2t.kind") == "trial"]
