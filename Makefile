@@ -19,7 +19,7 @@ install: $(STAMP) jemalloc
 # jemalloc makes CPU backbone forwards ~3x faster; best effort, the code falls back cleanly.
 jemalloc:
 	@ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null 2>&1; } || \
 	  echo "note: libjemalloc2 not installed; using glibc hugetlb tunable instead"; }
 
 demo: install
