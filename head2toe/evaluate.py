@@ -7,9 +7,7 @@ training data and scored on test.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
-import numpy as np
 
 from head2toe.methods import EvalResult, FeatureMethod, HParams
 from head2toe.protocol import choose_best, cv_folds
@@ -102,5 +100,4 @@ def fixed_or_grid(method: FeatureMethod, default: dict, **given) -> list[HParams
     fractions = pick("keep_fractions") if method.needs_keep_fractions else []
     if given.get("keep_fractions") is not None and not method.needs_keep_fractions:
         raise ValueError(f"--keep-fraction applies to head2toe and head2toe_layers, not {method.name!r}")
-    grid = expand_grid(pick("lr"), pick("steps"), pick("coef"), pick("target_size"), fractions)
-    return [replace(h, keep_fractions=tuple(np.atleast_1d(h.keep_fractions).tolist())) for h in grid]
+    return expand_grid(pick("lr"), pick("steps"), pick("coef"), pick("target_size"), fractions)

@@ -19,7 +19,7 @@ from head2toe.image_methods.config import TrainConfig
 from head2toe.image_methods.run import run_image_method
 from head2toe.provider import FeatureProvider
 from orchestrator.plan import TrialSpec
-from orchestrator.trial import _use_assigned_cpus
+from orchestrator.trial import use_assigned_cpus
 
 RESULT_KEYS = ("n_features_total", "n_features_kept", "train_loss", "wall_time_s", "forward_passes")
 
@@ -40,7 +40,7 @@ def image_row(spec: TrialSpec, out: dict, cv_accuracy: float | None) -> dict:
 
 def image_trial(config: dict, trials: list[dict], cache_uri: str | None, train_config: dict) -> None:
     """Tune function trainable: one image-level method run, resumable from Tune checkpoints."""
-    _use_assigned_cpus()
+    use_assigned_cpus()
     trial = trials[config["trial"]]
     spec: TrialSpec = trial["spec"]
     bb = spec.backbone

@@ -26,7 +26,7 @@ from orchestrator.plan import TrialSpec
 from orchestrator.tracking import kf_suffix
 
 
-def _use_assigned_cpus() -> None:
+def use_assigned_cpus() -> None:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
 
@@ -93,7 +93,7 @@ def rows_for(spec: TrialSpec, results: list[EvalResult], wall_s: float, cv_accur
 
 def feature_trial(config: dict, refs: dict, trials: list[dict]) -> None:
     """Tune function trainable for feature-level methods; `config["trial"]` indexes `trials`."""
-    _use_assigned_cpus()
+    use_assigned_cpus()
     trial = trials[config["trial"]]
     spec: TrialSpec = trial["spec"]
     bb_id = trial["backbone_id"]
