@@ -42,6 +42,9 @@ class Task(ABC):
     group: str = "Offline"
     source: str = "offline"
     description: str = ""
+    # The split cross-validation cuts into folds; the final run trains on "train". They differ
+    # where a protocol validates on other images than it finally trains on.
+    cv_split: str = "train"
 
     @abstractmethod
     def split_sizes(self) -> dict[str, int]:
