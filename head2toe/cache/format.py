@@ -84,8 +84,8 @@ def footer_doc(key: str, widths: dict[str, int], dtype: str, meta: dict, row_sta
     return json.dumps(doc, default=str).encode()
 
 
-def rows_per_group(row_bytes: int) -> int:
-    return max(1, ROW_GROUP_BYTES // max(1, row_bytes))
+def rows_per_group(row_bytes: int, group_bytes: int | None = None) -> int:
+    return max(1, (group_bytes or ROW_GROUP_BYTES) // max(1, row_bytes))
 
 
 def read_doc(md, arrow_schema: pa.Schema, key: str) -> dict:

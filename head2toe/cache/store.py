@@ -61,7 +61,7 @@ class EntryWriter:
         self.row_start, self.part = row_start, part
         self.dtype = np.dtype(cache.dtype).newbyteorder("<")
         self.schema = schema(self.widths, cache.dtype)
-        self.group_rows = rows_per_group(sum(self.widths.values()) * self.dtype.itemsize + ROW_OVERHEAD)
+        self.group_rows = rows_per_group(sum(self.widths.values()) * self.dtype.itemsize + ROW_OVERHEAD, cache.row_group_bytes)
         self.buffer_rows = min(self.group_rows, rows) if rows else self.group_rows
         self.buffers: dict[str, np.ndarray] | None = None
         self.labels = np.empty(0, "<i8")
@@ -150,9 +150,10 @@ class EntryWriter:
 class FeatureCache:
     """A `FeatureStore` (see head2toe.provider) backed by Parquet files (one or more per key)."""
 
-    def __init__(self, uri: str | None = None, dtype: str = "float16"):
+    def __init__(self, uri: str | None = None, dtype: str = "float16", row_group_bytes: int | None = None):
         self.uri = uri or default_cache_uri()
         self.dtype = dtype
+        self.row_group_bytes = row_group_bytes  # None: head2toe.cache.format.ROW_GROUP_BYTES
         self.rejected: list[tuple[str, str]] = []  # (path, reason) of files refused
         self.fs, self.root = _resolve(self.uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -478,6 +479,7 @@ def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
-def open_cache(uri: str | None = None, dtype: str = "float16") -> FeatureCache:
-    """The cache at `uri` (default $H2T_CACHE, else ~/.cache/h2t/features)."""
-    return FeatureCache(uri, dtype=dtype)
+def open_cache(uri: str | None = None, dtype: str = "float16", row_group_bytes: int | None = None) -> FeatureCache:
+    """The cache at `uri` (default $H2T_CACHE, else ~/.cache/h2t/features); `row_group_bytes`
+    sets what its writers put in one row group (default ROW_GROUP_BYTES)."""
+    return FeatureCache(uri, dtype=dtype, row_group_bytes=row_group_bytes)
