@@ -27,10 +27,9 @@ DTYPES = ("float16", "float32")
 ROW_GROUP_BYTES = 128 << 20  # per row group, chosen from benchmarks/bench_cache.py --row-groups (docs/cache.md)
 ROW_OVERHEAD = 16  # index + label, int64 each
 
-# One PLAIN, uncompressed data page per column chunk: a layer's bytes then sit contiguously
-# in the file, so a local reader can map them instead of decoding (see `column_span`).
-WRITE_OPTIONS = dict(compression="none", use_dictionary=False, write_statistics=False, store_schema=True,
-                     data_page_size=1 << 30, max_rows_per_page=(1 << 31) - 1)
+# Files hold one PLAIN, uncompressed data page per column chunk (head2toe.cache.parquet): a
+# layer's bytes then sit contiguously in the file, so a local reader can map them instead of
+# decoding (see `column_span`).
 MAX_PAGE_HEADER = 64  # bytes; a data page header without statistics is ~25
 
 
@@ -55,23 +54,9 @@ def check_layers(widths: dict[str, int], dtype: str) -> None:
         raise ValueError(f"layer names {clash} clash with the reserved columns {RESERVED}")
 
 
-def schema(widths: dict[str, int], dtype: str) -> pa.Schema:
-    item = np.dtype(dtype).itemsize
-    fields = [pa.field(name, pa.binary(w * item), nullable=False) for name, w in widths.items()]
-    return pa.schema([*fields, pa.field("index", pa.int64(), nullable=False), pa.field("label", pa.int64(), nullable=False)])
-
-
-def group_table(sch: pa.Schema, blocks: dict[str, np.ndarray], index: np.ndarray, labels: np.ndarray) -> tuple[pa.Table, dict]:
-    """One row group as an Arrow table (zero-copy over the given contiguous blocks) and its digests."""
-    n = len(labels)
-    columns, sums = [], {}
-    for name, block in blocks.items():
-        columns.append(pa.FixedSizeBinaryArray.from_buffers(sch.field(name).type, n, [None, pa.py_buffer(block)]))
-        sums[name] = digest(block)
-    for name, a in (("index", index), ("label", labels)):
-        columns.append(pa.array(a))
-        sums[name] = digest(a)
-    return pa.Table.from_arrays(columns, schema=sch), {"rows": n, "columns": sums}
+def group_digests(blocks: dict[str, np.ndarray]) -> dict:
+    """The footer's record of one row group: its rows and a digest per column."""
+    return {"rows": len(next(iter(blocks.values()))), "columns": {name: digest(a) for name, a in blocks.items()}}
 
 
 def footer_doc(key: str, widths: dict[str, int], dtype: str, meta: dict, row_start: int, groups: list[dict],
