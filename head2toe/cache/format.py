@@ -24,7 +24,10 @@ FORMAT_VERSION = 2  # also in every cache key (head2toe.cache.keys): a new forma
 META_KEY = b"h2t"
 RESERVED = ("index", "label")
 DTYPES = ("float16", "float32")
-ROW_GROUP_BYTES = 128 << 20  # per row group, chosen from benchmarks/bench_cache.py --row-groups (docs/cache.md)
+# Per row group. `load` of a one-group file is zero-copy (a memory map); more groups cost one
+# concatenation. `iter_rows` and the extraction writer hold one group (per target size). 512 MiB
+# keeps a VTAB-1k train split one group at moderate widths while bounding both (docs/cache.md).
+ROW_GROUP_BYTES = 512 << 20
 ROW_OVERHEAD = 16  # index + label, int64 each
 
 # Files hold one PLAIN, uncompressed data page per column chunk (head2toe.cache.parquet): a
