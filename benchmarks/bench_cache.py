@@ -102,9 +102,11 @@ def bench_row_groups(args, folder: Path) -> list[dict]:
         cache = open_cache(str(folder / f"rg{mib}"), row_group_bytes=mib << 20)
         cache.save("rg", feats, {})
         stream = lambda: sum(len(c) for c in cache.iter_rows("rg", chosen))  # noqa: E731, B023
-        load_s, iter_s, np_s = interleaved([lambda: cache.load("rg", chosen), stream, lambda: np.load(npy)], args.reps)  # noqa: B023
+        (load_s, load_c), (iter_s, iter_c), (np_s, np_c) = interleaved_clocks(
+            [lambda: cache.load("rg", chosen), stream, lambda: np.load(npy)], args.reps)  # noqa: B023
         out.append({"row_group_MiB": mib, "groups": -(-args.rows // max(1, (mib << 20) // row_bytes)),
                     "load_ratio": round(np_s / load_s, 3), "iter_rows_ratio": round(np_s / iter_s, 3),
+                    "load_ratio_cpu": round(np_c / load_c, 3), "iter_rows_ratio_cpu": round(np_c / iter_c, 3),
                     "np_load_GBps": round(sel / np_s / 1e9, 2)})
     return out
 
