@@ -18,7 +18,6 @@ import os
 import struct
 
 import numpy as np
-import pyarrow as pa
 
 MAGIC = b"PAR1"
 INT64, FIXED_LEN_BYTE_ARRAY = 2, 7  # parquet.thrift Type

@@ -405,7 +405,8 @@ class FeatureCache:
         doc = read_doc(pf.metadata, pf.schema_arrow, key)
         if entry is not None:
             p = entry["parts"][index]
-            if doc.get("part", {}) is None or doc["part"]["index"] != index or doc["row_start"] != p["row_start"] or doc["n_rows"] != p["rows"]:
+            part = doc.get("part") or {}
+            if part.get("index") != index or doc["row_start"] != p["row_start"] or doc["n_rows"] != p["rows"]:
                 raise InvalidFile(f"holds part {doc.get('part')} of rows {doc['row_start']}+{doc['n_rows']}, "
                                   f"the manifest lists part {index} of rows {p['row_start']}+{p['rows']}")
         return doc
