@@ -113,3 +113,13 @@ def test_corrupt_row_group_fails_before_its_chunk_is_yielded(tmp_path, sharded):
     assert cache.load("k") is None and cache.rejected[-1][0] == path and "row group 1" in cache.rejected[-1][1]
     assert not cache.contains("k")
     assert cache.load("k", ["pre_logits"]) is not None, "a column projection reads (and checks) only its columns"
+
+
+def test_unreadable_manifest_is_named(tmp_path):
+    cache = open_cache(str(tmp_path))
+    _sharded(cache, "k", synthetic(n=10), [5])
+    Path(cache.manifest_path("k")).write_text("{not json")
+    with pytest.raises(InvalidFile, match=r"k\.manifest\.json: unreadable manifest"):
+        next(cache.iter_rows("k"))
+    assert not cache.contains("k") and cache.rejected[-1][0] == cache.manifest_path("k")
+    assert cache.load("k") is None

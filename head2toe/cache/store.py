@@ -233,7 +233,10 @@ class FeatureCache:
 
         Memory: one row group. Raises FileNotFoundError when the entry is absent and
         InvalidFile (message: the file, then the reason) on bad data."""
-        files, entry = self._entry(key)
+        try:
+            files, entry = self._entry(key)
+        except InvalidFile as e:
+            raise InvalidFile(f"{self.manifest_path(key)}: {e}") from None
         for i, path in enumerate(files):
             try:
                 with self._open(path, mapped=False) as f:
