@@ -74,15 +74,32 @@ class LayerFeatures:
                            f"{sorted(set(self.labels[bad].tolist()))[:5]} outside 0..{num_classes - 1}{self._where()}; "
                            "the features do not belong to this task: delete that cache file to re-extract")
 
-    def matrix(self, kept: dict[str, np.ndarray] | None = None) -> torch.Tensor:
-        """h_all: every layer (or only its `kept` columns) unit-normalised, then concatenated."""
+    def matrix(self, kept: dict[str, np.ndarray] | None = None, rows: np.ndarray | None = None) -> torch.Tensor:
+        """h_all: every layer (or only its `kept` columns) unit-normalised, then concatenated, as
+        float32; only `rows` when given. Normalisation is per row, so a matrix of some rows equals
+        those rows of the whole one, and a chunk of a split is scored exactly. Kept columns of
+        some rows are gathered straight from the stored blocks (one small copy, never a whole block)."""
         blocks = []
         for name, block in self.layers.items():
             if kept is not None:
                 if name not in kept or len(kept[name]) == 0:
                     continue
-                block = block[:, kept[name]]
+                block = block[np.ix_(rows, kept[name])] if rows is not None else block[:, kept[name]]
+            elif rows is not None:
+                block = block[rows]
             blocks.append(torch.from_numpy(unit_normalize(np.asarray(block))))
         if not blocks:
-            return torch.zeros(len(self), 0)
-        return torch.cat(blocks, dim=1)
+            return torch.zeros(len(self) if rows is None else len(rows), 0)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+
+
+def layer_columns(x: torch.Tensor, widths: dict[str, int], names: list[str]) -> torch.Tensor:
+    """The columns of `names` in a matrix laid out by `widths` (`LayerFeatures.matrix()`): a view
+    for one layer or a run of adjacent ones, so a method reading fewer layers shares the matrix."""
+    if list(widths) == list(names):
+        return x
+    starts, start = {}, 0
+    for name, w in widths.items():
+        starts[name], start = start, start + w
+    parts = [x[:, starts[n]:starts[n] + widths[n]] for n in names]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
