@@ -134,6 +134,8 @@ class SweepConfig(_Strict):
     image_training: dict[str, Any] = Field(default_factory=dict)  # head2toe.image_methods.TrainConfig fields
     tracking_uri: str | None = None
     cache: str | None = None
+    # a split whose missing cache bytes exceed this is extracted in parts, one Ray task each (docs/cache.md)
+    extract_shard_bytes: int = Field(default=4 << 30, gt=0)
     data_dir: str | None = None
     expected: dict[str, Any] = Field(default_factory=dict)
 
