@@ -99,7 +99,7 @@ def child(config: Path, out: Path) -> dict:
     thread.join()
     ray.shutdown()
     return {**peak, "wall_s": round(wall, 1), "forward_passes": res.counts["forward_passes"],
-            "errors": res.counts["cv"]["errors"] + res.counts["final"]["errors"], "summary": res.summary.to_dict()}
+            "errors": res.counts["cv"]["errors"] + res.counts["final"]["errors"], "summary": res.summary.to_string()}
 
 
 def measure(work: Path, n: int, mode: str, target_size: int) -> dict:

@@ -16,7 +16,7 @@ from typing import Iterator
 from head2toe.backbones import create_backbone
 from head2toe.cache import InvalidFile
 from head2toe.errors import H2TError
-from head2toe.features import LayerFeatures
+from head2toe.features import LayerFeatures, NormalizedFeatures
 from head2toe.methods import METHODS, PRELOGITS
 from head2toe.provider import feature_key
 from head2toe.tasks import get_task
@@ -51,30 +51,27 @@ def layers_read(methods: list[str]) -> list[str] | None:
     return [PRELOGITS] if all(METHODS[m].layers == PRELOGITS for m in methods) else None
 
 
-_memo: dict[tuple, LayerFeatures] = {}  # this process's last validated entry (a reused actor's next trial)
+_memo: dict[tuple, NormalizedFeatures] = {}  # this process's last matrix (a reused actor's next trial of the entry)
 
 
-def load_entry(cache_uri: str | None, key: str, layers: list[str] | None, num_classes: int) -> LayerFeatures:
-    """A whole entry (memory-mapped where the file is local), validated; one H2TError line when
-    it is missing, damaged, holds NaN/Inf or labels outside the task's classes."""
+def load_train(cache_uri: str | None, key: str, layers: list[str] | None, num_classes: int) -> NormalizedFeatures:
+    """The float32 unit-normalised matrix of an entry's `layers` (all when None), filled chunk
+    by chunk as the entry streams from the cache, each chunk validated first: the trial's one
+    copy of its features (2x their float16 bytes), nothing else of the split held."""
     memo_key = (cache_uri, key, tuple(layers or ()))
-    if memo_key in _memo:
-        return _memo[memo_key]
+    if memo_key not in _memo:
+        _memo.clear()  # the previous trial's matrix goes before this one is built
+        doc = node_cache.reader(cache_uri, key).read_meta(key)
+        widths = {x["name"]: x["width"] for x in doc["layers"]}
+        if layers is not None:
+            widths = {n: widths[n] for n in layers}
+        _memo[memo_key] = NormalizedFeatures.from_chunks(iter_entry(cache_uri, key, layers, num_classes), doc["n_rows"], widths)
+    return _memo[memo_key]
+
+
+def release_train() -> None:
+    """Drop this process's matrix (a final trial holds only heads while the test rows stream)."""
     _memo.clear()
-    for attempt in (0, 1):
-        cache = node_cache.reader(cache_uri, key)
-        feats = cache.load(key, layers)
-        if feats is not None:
-            break
-        if attempt == 0 and cache.uri != node_cache.open_cache(cache_uri).uri:
-            node_cache.drop(cache_uri, key)  # a bad node copy: fetch it again once
-            continue
-        why = "; ".join(reason for _, reason in cache.rejected) or "no such file"
-        raise H2TError(f"feature cache entry {key} in {cache_uri} is missing or invalid ({why}); rerun the sweep to re-extract it")
-    feats.check_finite()
-    feats.check_labels(num_classes)
-    _memo[memo_key] = feats
-    return feats
 
 
 def iter_entry(cache_uri: str | None, key: str, layers: list[str] | None, num_classes: int) -> Iterator[LayerFeatures]:

@@ -30,10 +30,10 @@ import ray
 import torch
 from ray import tune
 
-from head2toe.features import LayerFeatures, layer_columns
+from head2toe.features import LayerFeatures, NormalizedFeatures, layer_columns
 from head2toe.methods import METHODS, EvalResult, FittedHead
 from head2toe.protocol import cv_folds
-from orchestrator.features import iter_entry, layers_read, load_entry
+from orchestrator.features import iter_entry, layers_read, load_train, release_train
 from orchestrator.plan import TrialSpec
 from orchestrator.tracking import kf_suffix
 
@@ -56,14 +56,14 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def fit_or_explain_oom(spec: TrialSpec, train: LayerFeatures, num_classes: int, rows: np.ndarray | None = None,
-                       x: torch.Tensor | None = None) -> list[FittedHead]:
+def fit_or_explain_oom(spec: TrialSpec, train: NormalizedFeatures, num_classes: int,
+                       rows: np.ndarray | None = None) -> list[FittedHead]:
     """`METHODS[spec.method].fit`, with an out-of-memory error turned into one clear line."""
     method = METHODS[spec.method]
     try:
         if os.environ.get(SIMULATE_OOM) in (spec.method, "*"):
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (simulated by {SIMULATE_OOM}={os.environ[SIMULATE_OOM]})")
-        return method.fit(train, list(spec.hps), num_classes, seed=spec.seed, rows=rows, x=x)
+        return method.fit(train, list(spec.hps), num_classes, seed=spec.seed, rows=rows)
     except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
         if not _is_oom(e):
             raise
@@ -113,13 +113,11 @@ def feature_trial(config: dict, trials: list[dict], cache_uri: str | None) -> No
     trial = trials[config["trial"]]
     spec: TrialSpec = trial["spec"]
     method = METHODS[spec.method]
-    train = load_entry(cache_uri, trial["key"], layers_read([spec.method]), trial["num_classes"])
-    tr_idx, va_idx = cv_folds(len(train))[spec.fold]
     start = time.perf_counter()
-    x = method.matrix(train)  # the trial's one float32 copy; the fold indexes its rows
-    heads = fit_or_explain_oom(spec, train, trial["num_classes"], rows=tr_idx, x=x)
-    correct = method.score(heads, train, x[va_idx], rows=va_idx)
-    del x
+    train = load_train(cache_uri, trial["key"], layers_read([spec.method]), trial["num_classes"])
+    tr_idx, va_idx = cv_folds(len(train))[spec.fold]  # the fold indexes rows of the one float32 matrix
+    heads = fit_or_explain_oom(spec, train, trial["num_classes"], rows=tr_idx)
+    correct = method.score(heads, train, method.matrix(train, va_idx), rows=va_idx)
     results = [h.result(c, len(va_idx)) for h, c in zip(heads, correct)]
     rows = rows_for(spec, results, time.perf_counter() - start, None, trial["key"])
     best = max(r["metrics"]["val_accuracy"] for r in rows)
@@ -141,12 +139,11 @@ def final_trial(config: dict, trials: list[dict], cache_uri: str | None) -> None
     layers = {t: layers_read([s.method for s in group]) for t, group in by_size.items()}
     heads: dict[str, list[FittedHead]] = {}
     for t, group in sorted(by_size.items()):
-        train = load_entry(cache_uri, trial["keys"][f"train/{t}"], layers[t], nc)
-        x_all = train.matrix()  # one float32 matrix per target size, shared by its methods
+        train = load_train(cache_uri, trial["keys"][f"train/{t}"], layers[t], nc)  # one matrix per size, shared by its methods
         for s in group:
-            names = METHODS[s.method].input_layers(train.layer_names)
-            heads[s.name()] = fit_or_explain_oom(s, train, nc, x=layer_columns(x_all, train.widths, names))[:1]
-        del x_all, train
+            heads[s.name()] = fit_or_explain_oom(s, train, nc)[:1]
+        del train
+    release_train()
     correct = {s.name(): 0 for s in specs}
     seen = {t: 0 for t in by_size}
     for t, chunk in _test_chunks(trial, cache_uri, layers):
