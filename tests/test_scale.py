@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
+import torch
 
 from head2toe.cache import open_cache
 from head2toe.cache.store import FeatureCache
@@ -64,6 +66,47 @@ def driver_feature_reads(cache_dir: Path) -> Iterator[list[str]]:
         active[0] = False
         for name, fn in originals.items():
             setattr(FeatureCache, name, fn)
+
+
+def synthetic(n: int = 120, seed: int = 0) -> "LayerFeatures":
+    from head2toe.features import LayerFeatures
+
+    rng = np.random.default_rng(seed)
+    layers = {"a": rng.normal(size=(n, 24)), "b": rng.normal(size=(n, 8)) * 5, "pre_logits": rng.normal(size=(n, 12))}
+    labels = rng.integers(0, 3, n)
+    layers["pre_logits"][:, 0] += 2 * labels  # something to learn
+    return LayerFeatures({k: v.astype(np.float16) for k, v in layers.items()}, labels)
+
+
+def test_matrix_built_from_chunks_serves_folds_and_chunked_scoring_exactly():
+    """The trial's one float32 matrix (filled chunk by chunk) equals the whole split's; a fold
+    trained on its rows gives the heads of a copied fold; test counts summed over chunks give
+    the one-chunk accuracy."""
+    from head2toe.features import NormalizedFeatures
+    from head2toe.methods import METHODS, HParams
+    from head2toe.protocol import cv_folds
+
+    feats = synthetic()
+    chunks = [feats.rows(slice(a, a + 37)) for a in range(0, len(feats), 37)]
+    norm = NormalizedFeatures.from_chunks(chunks, len(feats), feats.widths)
+    assert torch.equal(norm.x, feats.matrix()) and np.array_equal(norm.labels, feats.labels)
+    kept = {"a": np.array([1, 5, 7]), "b": np.array([], dtype=int), "pre_logits": np.array([0, 3])}
+    rows = np.array([3, 9, 40, 41])
+    assert torch.allclose(norm.matrix(kept, rows), feats.matrix(kept, rows), atol=1e-6)
+    assert torch.equal(feats.matrix(kept, rows), feats.rows(rows).matrix(kept))
+    tr, va = cv_folds(len(feats))[1]
+    test = synthetic(n=90, seed=1)
+    for name in ("linear", "all_l2", "head2toe"):
+        method = METHODS[name]
+        hps = [HParams(0.1, 30, 1e-3, 16, (0.1, 0.5) if method.needs_keep_fractions else ())]
+        on_rows = method.fit(norm, hps, 3, seed=2, rows=tr)
+        copied = method.fit(NormalizedFeatures.from_chunks([feats.rows(tr)], len(tr), feats.widths), hps, 3, seed=2)
+        assert [h.probe.final_loss for h in on_rows] == [h.probe.final_loss for h in copied]
+        whole = method.score(on_rows, test)
+        by_chunk = np.sum([method.score(on_rows, test.rows(slice(a, a + 25))) for a in range(0, len(test), 25)], axis=0)
+        assert list(by_chunk) == whole and all(0 <= c <= len(test) for c in whole)
+    with pytest.raises(ValueError, match="expected 120"):
+        NormalizedFeatures.from_chunks(chunks[:-1], len(feats), feats.widths)
 
 
 def final_accuracies(tracking_uri: str) -> dict[tuple[str, str], float]:
