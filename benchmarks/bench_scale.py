@@ -67,6 +67,7 @@ def child(config: Path, out: Path) -> dict:
 
     me, stop = psutil.Process(), threading.Event()
     peak = {"driver_rss": 0, "worker_rss": 0, "object_store": 0}
+    kinds: dict[str, int] = {}  # peak RSS per Ray process title (trial, extraction task, agents)
 
     def poll() -> None:
         last_store = 0.0
@@ -74,8 +75,11 @@ def child(config: Path, out: Path) -> dict:
             peak["driver_rss"] = max(peak["driver_rss"], me.memory_info().rss)
             for p in me.children(recursive=True):
                 try:
-                    if p.cmdline() and p.cmdline()[0].startswith("ray::"):
-                        peak["worker_rss"] = max(peak["worker_rss"], p.memory_info().rss)
+                    title = p.cmdline()[0] if p.cmdline() else ""
+                    if title.startswith("ray::"):
+                        rss = p.memory_info().rss
+                        peak["worker_rss"] = max(peak["worker_rss"], rss)
+                        kinds[title] = max(kinds.get(title, 0), rss)
                 except psutil.Error:
                     continue
             if ray.is_initialized() and time.time() - last_store > 1.0:
@@ -98,7 +102,8 @@ def child(config: Path, out: Path) -> dict:
     stop.set()
     thread.join()
     ray.shutdown()
-    return {**peak, "wall_s": round(wall, 1), "forward_passes": res.counts["forward_passes"],
+    top = sorted(kinds.items(), key=lambda kv: -kv[1])[:4]
+    return {**peak, "by_kind_mib": {k: round(v / 2**20) for k, v in top}, "wall_s": round(wall, 1), "forward_passes": res.counts["forward_passes"],
             "errors": res.counts["cv"]["errors"] + res.counts["final"]["errors"], "summary": res.summary.to_string()}
 
 
@@ -141,8 +146,9 @@ def main() -> None:
             ok = all(ratios[k] <= 1.25 for k in ("driver_rss", "worker_rss", "object_store") if small[k] > (32 << 20)) and ratios["wall_s"] <= 8.5
             mib = {k: round(v / 2**20, 1) for k, v in small.items() if k in ("driver_rss", "worker_rss", "object_store", "cache_bytes")}
             mib8 = {k: round(v / 2**20, 1) for k, v in large.items() if k in ("driver_rss", "worker_rss", "object_store", "cache_bytes")}
-            report[mode] = {f"N={args.n}": {**mib, "wall_s": small["wall_s"], "forward_passes": small["forward_passes"]},
-                            f"N={8 * args.n}": {**mib8, "wall_s": large["wall_s"], "forward_passes": large["forward_passes"]},
+            keep = ("wall_s", "forward_passes", "by_kind_mib")
+            report[mode] = {f"N={args.n}": {**mib, **{k: small[k] for k in keep}},
+                            f"N={8 * args.n}": {**mib8, **{k: large[k] for k in keep}},
                             "ratios": ratios, "goal_met": ok}
             print(json.dumps({mode: report[mode]}), flush=True)
     finally:

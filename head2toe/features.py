@@ -122,7 +122,8 @@ class NormalizedFeatures:
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[LayerFeatures], n_rows: int, widths: dict[str, int]) -> "NormalizedFeatures":
-        """Fill the matrix from row chunks in order (memory: the matrix plus one chunk)."""
+        """Fill the matrix from row chunks in order (memory: the matrix, one chunk, one layer's
+        block of it in float32)."""
         x = torch.empty(n_rows, sum(widths.values()))
         labels = np.empty(n_rows, dtype=np.int64)
         start, meta = 0, {}
@@ -132,7 +133,10 @@ class NormalizedFeatures:
             stop = start + len(chunk)
             if stop > n_rows:
                 raise ValueError(f"chunks hold more than the {n_rows} rows expected")
-            x[start:stop] = chunk.matrix()
+            col = 0
+            for name, block in chunk.layers.items():  # layer by layer: the only temporary is one block
+                x[start:stop, col:col + block.shape[1]] = torch.from_numpy(unit_normalize(np.asarray(block)))
+                col += block.shape[1]
             labels[start:stop] = chunk.labels
             start, meta = stop, meta or {k: v for k, v in chunk.meta.items() if k != "row_start"}
         if start != n_rows:

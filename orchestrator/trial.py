@@ -193,6 +193,7 @@ def _stream_test(trial: dict, layers: dict[int, list[str] | None]) -> Iterator[t
     wanted = None if any(v is None for v in layers.values()) else sorted({n for v in layers.values() for n in v})
     for batch in iter_features(backbone, task.load("test"), sorted(layers), batch_size=bb.batch_size, layers=wanted):
         for t, feats in batch.items():
+            feats.meta.update(task=spec.task, split="test", target_size=t)  # named by a failed check
             feats.check_finite()
             feats.check_labels(trial["num_classes"])
             yield t, feats.subset(layers[t]) if layers[t] else feats
