@@ -38,6 +38,7 @@ from orchestrator.plan import TrialSpec
 from orchestrator.tracking import kf_suffix
 
 SCORE_BYTES = 64 << 20  # float32 bytes of one scoring sub-chunk of test rows
+SCORE_ROWS = 128  # validation rows scored at a time
 
 
 def use_assigned_cpus() -> None:
@@ -117,8 +118,11 @@ def feature_trial(config: dict, trials: list[dict], cache_uri: str | None) -> No
     train = load_train(cache_uri, trial["key"], layers_read([spec.method]), trial["num_classes"])
     tr_idx, va_idx = cv_folds(len(train))[spec.fold]  # the fold indexes rows of the one float32 matrix
     heads = fit_or_explain_oom(spec, train, trial["num_classes"], rows=tr_idx)
-    correct = method.score(heads, train, method.matrix(train, va_idx), rows=va_idx)
-    results = [h.result(c, len(va_idx)) for h, c in zip(heads, correct)]
+    correct = np.zeros(len(heads), dtype=np.int64)
+    for a in range(0, len(va_idx), SCORE_ROWS):  # validation rows in pieces: no copy of the fold
+        part = va_idx[a:a + SCORE_ROWS]
+        correct += method.score(heads, train, method.matrix(train, part), rows=part)
+    results = [h.result(int(c), len(va_idx)) for h, c in zip(heads, correct)]
     rows = rows_for(spec, results, time.perf_counter() - start, None, trial["key"])
     best = max(r["metrics"]["val_accuracy"] for r in rows)
     tune.report({"rows": rows, "accuracy": best})
