@@ -101,16 +101,22 @@ def _train_group(
     num_classes: int,
     configs: list[ProbeConfig],
     seed: int,
+    rows: torch.Tensor | None = None,
 ) -> list[Probe]:
     """Train heads on one batch sequence. x is (N, F), shared by all heads (one wide matmul),
-    or (K, N, F), one matrix per head of equal width (one batched matmul)."""
+    or (K, N, F), one matrix per head of equal width (one batched matmul). With `rows`, only
+    those rows of x are trained on (the batches index x directly: no copy of the subset)."""
     device = x.device
     stacked = x.dim() == 3
     n, f = x.shape[-2:]
+    if rows is not None:
+        n = len(rows)
     k = len(configs)
     steps = [c.steps for c in configs]
     max_steps = max(steps)
     sched = batch_schedule(n, max_steps, configs[0].batch_size, seed).to(device)
+    if rows is not None:
+        sched = rows[sched]
     w = torch.zeros(f, k, num_classes, device=device, requires_grad=True)
     b = torch.zeros(k, num_classes, device=device, requires_grad=True)
     params = (w, b)
@@ -178,8 +184,10 @@ def train_probes(
     seed: int = 0,
     device: torch.device | str | None = None,
     max_heads: int = 32,
+    rows: np.ndarray | None = None,
 ) -> list[Probe]:
-    """Train one probe per config on all rows of x; heads of equal batch size train together.
+    """Train one probe per config on all rows of x (or only `rows`: a CV fold of one shared
+    matrix, same heads as training on `x[rows]`); heads of equal batch size train together.
 
     Deterministic given `seed`: the result for a config does not depend on which other
     configs it was trained with.
@@ -191,10 +199,12 @@ def train_probes(
     y = torch.tensor(np.asarray(y), dtype=torch.long, device=device)
     if x.dim() != 2 or len(x) != len(y):
         raise ValueError(f"x must be (N, F) with N = len(y); got {tuple(x.shape)} and {len(y)} labels")
-    if len(y) == 0:
+    subset = None if rows is None else torch.as_tensor(np.asarray(rows), dtype=torch.long, device=device)
+    used = y if subset is None else y[subset]
+    if len(used) == 0:
         raise ValueError("cannot train a probe on 0 examples")
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}); got range [{int(y.min())}, {int(y.max())}]")
+    if int(used.min()) < 0 or int(used.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}); got range [{int(used.min())}, {int(used.max())}]")
     out: list[Probe | None] = [None] * len(configs)
     by_batch: dict[int, list[int]] = {}
     for i, c in enumerate(configs):
@@ -202,7 +212,7 @@ def train_probes(
     for members in by_batch.values():
         for start in range(0, len(members), max_heads):
             chunk = members[start : start + max_heads]
-            probes = _train_group(x, y, num_classes, [configs[i] for i in chunk], seed)
+            probes = _train_group(x, y, num_classes, [configs[i] for i in chunk], seed, subset)
             for i, p in zip(chunk, probes):
                 out[i] = p
     return out  # type: ignore[return-value]

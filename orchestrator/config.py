@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -128,6 +128,9 @@ class SweepConfig(_Strict):
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     max_failures: int = Field(default=2, ge=0)
     batch_hparams: bool = True
+    # cache: extraction writes test features too; stream: never stored, the final trial of each
+    # (task, backbone) runs the backbone over the test images once with every final head attached
+    test_features: Literal["cache", "stream"] = "stream"
     image_training: dict[str, Any] = Field(default_factory=dict)  # head2toe.image_methods.TrainConfig fields
     tracking_uri: str | None = None
     cache: str | None = None
@@ -216,7 +219,8 @@ class SweepConfig(_Strict):
 
     def sweep_id(self) -> str:
         """Stable id of what this sweep computes (not where it logs): resuming finds its runs."""
-        body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures"})
+        body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures",
+                                             "test_features"})  # storage mode: same results
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 

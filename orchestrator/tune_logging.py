@@ -44,10 +44,10 @@ class MlflowTrialLogger(Callback):
 
     def _open(self, trial) -> dict[str, str]:
         if trial.trial_id not in self.open:
-            spec = self.trials[trial.config["trial"]]["spec"]
-            self.open[trial.trial_id] = {
+            t = self.trials[trial.config["trial"]]
+            self.open[trial.trial_id] = {  # a final trial of a task x backbone holds several specs
                 key: self.tracker.open_trial(spec, key, params, self.sweep_id, self.stage_run, self.task_groups.get(spec.task, ""))
-                for key, params in spec.runs()
+                for spec in t.get("specs") or [t["spec"]] for key, params in spec.runs()
             }
         return self.open[trial.trial_id]
 

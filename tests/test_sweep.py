@@ -25,6 +25,7 @@ def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path):
     # 2 folds x (1 linear hp + 2 head2toe hps) CV runs; 2 methods x 2 seeds final runs
     assert trial_status_counts(all_runs) == Counter({("cv", "FINISHED"): 6, ("final", "FINISHED"): 4})
     assert kinds == Counter({"trial": 10, "stage": 3, "sweep": 1})
+    assert res.counts["final"] == {"trials": 1, "errors": 0}  # one Tune trial fits and scores all 4 final runs
     for r in all_runs:
         tags, params = r.data.tags, r.data.params
         if tags["h2t.kind"] == "trial":
