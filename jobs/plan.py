@@ -58,10 +58,9 @@ def render(plan: CapacityPlan) -> str:
     out += ["", "Planned peak memory per process (the bytes each one holds at its peak)"]
     rows = []
     for kind, m in plan.memory.items():
-        for part in ("parts", "gpu", "host"):
-            if part in m:
-                rows.append([kind, m["where"] if part == "parts" else "GPU" if part == "gpu" else "host", human_bytes(sum(m[part].values()))])
-                rows += [[f"  {k}", "", human_bytes(v)] for k, v in m[part].items()]
+        for where, parts in m.items():
+            rows.append([kind, "GPU" if where == "gpu" else "host", human_bytes(sum(parts.values()))])
+            rows += [[f"  {k}", "", human_bytes(v)] for k, v in parts.items()]
     out.append(_table(rows, ["process / part", "where", "peak"], left=2))
     if plan.largest_probe is not None:
         p = plan.largest_probe

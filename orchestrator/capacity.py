@@ -143,15 +143,17 @@ class ProbeTrial:
     classes: int  # C
     steps: int
     keep_fractions: tuple[float, ...]
-    on_gpu: bool
-    parts: dict[str, int]  # breakdown of the peak (bytes)
+    gpu: dict[str, int]  # breakdown of the peak on the trial's GPU share (empty on CPU)
+    host: dict[str, int]  # breakdown of the peak in host memory
 
     @property
     def peak(self) -> int:
-        return sum(self.parts.values())
+        """Bytes where the probe state lives: GPU memory when the trial has a GPU share, else host."""
+        return sum((self.gpu or self.host).values())
 
     def label(self) -> str:
-        return f"{self.stage} trial task={self.task} backbone={self.backbone} method={self.method} target_size={self.target_size} ({self.heads} head{'s' * (self.heads > 1)})"
+        return (f"{self.stage} trial task={self.task} backbone={self.backbone} method={self.method} "
+                f"target_size={self.target_size} ({self.heads} head{'s' * (self.heads > 1)})")
 
     def flops(self) -> float:
         second = sum(self.keep_fractions)  # Head2Toe's retrain: one stacked probe per keep fraction
@@ -160,11 +162,12 @@ class ProbeTrial:
 
 def probe_memory(rows: int, fold_rows: int, features: int, classes: int, heads: int, keep_fractions: tuple[float, ...],
                  test_row_group: int, a: Assumptions = ASSUMPTIONS) -> dict[str, int]:
-    """Peak bytes of one probe trial, by part: the larger of the first stage (all heads trained on
-    all F features) and, for selection methods, the retrain on the largest kept fraction."""
+    """Peak bytes of one probe trial's data and heads, by part: the larger of the first stage (all
+    heads trained on all F features) and, for selection methods, the retrain on the largest kept
+    fraction (K stacked copies of the kept columns of the fold's training rows)."""
     x = rows * features * F32
     kfc = heads * features * classes * F32
-    first = {"features (float32, unit-normalised)": x, "heads + Adam state (4 copies)": int(4 * kfc),
+    first = {"features (float32, unit-normalised)": x, "heads + Adam state (weights, gradient, 2 moments)": 4 * kfc,
              "step temporaries": int((a.head_copies - 4) * kfc), "mini-batch rows": min(PROBE_BATCH, rows) * features * F32}
     if keep_fractions:
         kept = math.ceil(features * max(keep_fractions))
@@ -204,7 +207,7 @@ class CapacityPlan:
     trials: dict[str, dict[str, int]]
     forward_passes: dict[str, int]
     storage: list[dict]  # one row per task x backbone x split x target size
-    memory: dict[str, dict]
+    memory: dict[str, dict[str, dict[str, int]]]  # process kind -> "gpu"/"host" -> part -> bytes
     largest_probe: ProbeTrial | None
     gpu_hours: dict[str, float]
     refused: list[Refusal] = field(default_factory=list)
@@ -222,174 +225,188 @@ class CapacityPlan:
             "trials": self.trials, "forward_passes": self.forward_passes,
             "storage": {"dtype": CACHE_DTYPE, "modes": {m: self.storage_bytes(m) for m in STORAGE_MODES},
                         "selected_mode": self.test_features, "splits": self.storage},
-            "memory": self.memory,
-            "largest_probe_trial": None if self.largest_probe is None else {**asdict(self.largest_probe), "peak": self.largest_probe.peak},
+            "memory": {k: {w: {**parts, "total": sum(parts.values())} for w, parts in m.items()} for k, m in self.memory.items()},
+            "largest_probe_trial": None if self.largest_probe is None else
+            {**asdict(self.largest_probe), "label": self.largest_probe.label(), "peak": self.largest_probe.peak},
             "gpu_hours": self.gpu_hours, "refused": [asdict(r) | {"line": r.line()} for r in self.refused],
             "fits": not self.refused, "assumptions": asdict(self.assumptions),
         }
 
 
 def _share(need: int, gpu_memory: int) -> str:
+    """The smallest `gpu` share (2 decimals, rounded up) whose memory holds `need`."""
     return f"{math.ceil(100 * need / gpu_memory) / 100:g}"
 
 
-def _probe_fix(t: ProbeTrial, need_at, granted: int, res_name: str, res: Resources, gpu_memory: int, sizes: list[int]) -> str:
-    """The cheapest changes that make `t` fit: one head per trial, a bigger grant, a smaller target size."""
-    fixes = []
-    if t.heads > 1:
-        one = need_at(t.target_size, 1)
-        if one <= granted:
-            fixes.append(f"batch_hparams: false (1 head per trial plans {human_bytes(one)})")
-        elif res.gpu and one <= gpu_memory:
-            fixes.append(f"batch_hparams: false with {res_name}.gpu >= {_share(one, gpu_memory)}")
-    if res.gpu:
-        fixes.append(f"{res_name}.gpu >= {_share(t.peak, gpu_memory)}" if t.peak <= gpu_memory
-                     else f"a GPU with >= {human_bytes(t.peak)} (resources.gpu_memory)")
-    else:
-        fixes.append(f"{res_name}.memory >= {human_bytes(t.peak)}")
-    smaller = [s for s in sizes if s < t.target_size and need_at(s, t.heads) <= granted]
-    if smaller:
-        fixes.append(f"target sizes <= {max(smaller)}")
-    return ", or ".join(fixes)
+def _grants(res: Resources, gpu_memory: int) -> list[tuple[str, int]]:
+    """What a process is granted: its GPU share's memory (gpu > 0) and host memory (when set)."""
+    return ([("gpu", int(res.gpu * gpu_memory))] if res.gpu else []) + ([("host", res.memory)] if res.memory else [])
 
 
-def _granted(res: Resources, gpu_memory: int) -> list[tuple[str, int]]:
-    out = [("GPU", int(res.gpu * gpu_memory))] if res.gpu else []
-    return out + ([("host", res.memory)] if res.memory else [])
+def _raise_fix(where: str, need: int, res_name: str, gpu_memory: int) -> str:
+    if where == "host":
+        return f"{res_name}.memory >= {human_bytes(need)}"
+    return f"{res_name}.gpu >= {_share(need, gpu_memory)}" if need <= gpu_memory else f"a GPU with >= {human_bytes(need)} (resources.gpu_memory)"
+
+
+class _Planner:
+    """Shapes, split sizes and resources of one config, and the per-process arithmetic on them."""
+
+    def __init__(self, cfg: SweepConfig, a: Assumptions):
+        from head2toe.tasks import get_task
+
+        self.cfg, self.a = cfg, a
+        self.needs = extraction_needs(cfg)
+        self.sizes = self.needs[0][2] if self.needs else []
+        self.shapes = {bb: backbone_shape(bb, self.sizes or [512]) for bb in cfg.backbones}
+        self.tasks = {t: get_task(t) for t in cfg.tasks}
+        self.rows = {t: task.split_sizes() for t, task in self.tasks.items()}
+        self.res, self.gpu_memory = cfg.resources, cfg.resources.gpu_memory
+
+    def storage(self) -> list[dict]:
+        return [{"task": t, "backbone": bb.name, "split": split, "target_size": s, "rows": self.rows[t][split],
+                 "features": self.shapes[bb].widths[s], "bytes": file_bytes(self.rows[t][split], self.shapes[bb].widths[s], CACHE_DTYPE)}
+                for t, bb, ts in self.needs for split in ("train", "test") for s in ts]
+
+    def probe(self, stage: str, task: str, bb: BackboneConfig, method: str, size: int, heads: int, steps: int,
+              keep_fractions: tuple[float, ...]) -> ProbeTrial:
+        from head2toe.protocol import cv_folds
+
+        rows, classes = self.rows[task]["train"], self.tasks[task].num_classes
+        feats = (self.shapes[bb].pre_logits if METHODS[method].layers == "pre_logits" else self.shapes[bb].widths)[size]
+        test_group = min(ROW_GROUP_BYTES, file_bytes(self.rows[task]["test"], feats, CACHE_DTYPE)) if stage == "final" else 0
+        fold_rows = len(cv_folds(rows)[0][0]) if stage == "cv" else rows
+        parts = probe_memory(rows, fold_rows, feats, classes, heads, keep_fractions, test_group, self.a)
+        base = {"Python + torch + Ray worker": self.a.worker_base_bytes}
+        if self.res.trial.gpu:  # on a GPU the probe state lives there; the host stages the float32 features once
+            gpu, host = parts, {**base, "features staged for the copy to the GPU (float32)": rows * feats * F32}
+        else:
+            gpu, host = {}, {**base, **parts}
+        return ProbeTrial(stage, task, bb.name, method, size, heads, rows, feats, classes, steps, keep_fractions, gpu, host)
+
+    def probe_trials(self) -> tuple[list[ProbeTrial], list[ProbeTrial]]:
+        """CV trials as orchestrator.plan.cv_specs makes them; finals (one head each) at the costliest
+        point of each method's grid, since CV has not chosen theirs yet."""
+        cv = [self.probe("cv", s.task, s.backbone, s.method, s.target_size, len(s.hps), max(h.steps for h in s.hps),
+                         tuple(sorted({f for h in s.hps for f in h.keep_fractions}))) for s in cv_specs(self.cfg)]
+        final = [self.probe("final", t, bb, m, max(g.target_size), 1, max(g.steps), (max(g.keep_fractions),) if g.keep_fractions else ())
+                 for t in self.cfg.tasks for bb in self.cfg.backbones for m, g in self.cfg.feature_grids().items() for _ in self.cfg.seeds]
+        return cv, final
+
+    def probe_refusals(self, trials: list[ProbeTrial]) -> list[Refusal]:
+        out = []
+        for t in trials:
+            for where, granted in _grants(self.res.trial, self.gpu_memory):
+                need = sum(getattr(t, where).values())
+                if need > granted:
+                    out.append(Refusal(t.label(), need, granted, "GPU" if where == "gpu" else "host", self._probe_fix(t, where, need, granted)))
+        return out
+
+    def _probe_fix(self, t: ProbeTrial, where: str, need: int, granted: int) -> str:
+        """The cheapest changes that make `t` fit: one head per trial, a bigger grant, a smaller target size."""
+        bb = next(b for b in self.cfg.backbones if b.name == t.backbone)
+
+        def need_at(size: int, heads: int) -> int:
+            return sum(getattr(self.probe(t.stage, t.task, bb, t.method, size, heads, t.steps, t.keep_fractions), where).values())
+
+        fixes = []
+        if t.heads > 1:
+            one = need_at(t.target_size, 1)
+            if one <= granted:
+                fixes.append(f"batch_hparams: false (1 head per trial plans {human_bytes(one)})")
+            elif where == "gpu" and one <= self.gpu_memory:
+                fixes.append(f"batch_hparams: false with resources.trial.gpu >= {_share(one, self.gpu_memory)}")
+        fixes.append(_raise_fix(where, need, "resources.trial", self.gpu_memory))
+        smaller = [s for s in self.cfg.feature_grids()[t.method].target_size if s < t.target_size and need_at(s, t.heads) <= granted]
+        if smaller:
+            fixes.append(f"target sizes <= {max(smaller)} for {t.method}")
+        return ", or ".join(fixes)
+
+    def extraction(self, bb: BackboneConfig) -> dict[str, dict[str, int]]:
+        """One extraction task: the backbone, one batch in and its taps, a few pooled batches, one
+        row group per target size being written."""
+        sh, res = self.shapes[bb], self.res.extract
+        pooled = sh.batch_size * sum(sh.widths.values())
+        rows = max((self.rows[t][s] for t, b, _ in self.needs if b == bb for s in ("train", "test")), default=0)
+        compute = {"parameters (float32)": sh.params * F32, "one input batch (float32)": sh.batch_size * 3 * sh.input_size ** 2 * F32,
+                   f"one batch of tap activations ({'bf16' if res.gpu else 'float32'})": sh.batch_size * sh.tap_elements * (2 if res.gpu else F32),
+                   "pooled batch (float32)": pooled * F32}
+        host = {"Python + torch + Ray worker": self.a.worker_base_bytes,
+                f"pooled outputs of {self.a.batches_in_flight} batches (float16)": self.a.batches_in_flight * pooled * 2,
+                f"one row group per target size (ROW_GROUP_BYTES = {human_bytes(ROW_GROUP_BYTES)} at most)":
+                    sum(min(ROW_GROUP_BYTES, file_bytes(rows, sh.widths[s], CACHE_DTYPE)) for s in self.sizes)}
+        return {"gpu": compute, "host": host} if res.gpu else {"host": {**host, **compute}}
+
+    def image_trial(self, bb: BackboneConfig) -> dict[str, dict[str, int]]:
+        """One fine-tuning trial: weights, gradients and momentum, the activations a micro-batch saves
+        for backward (measured from the model), and the task's decoded training images."""
+        sh, tc, on_gpu = self.shapes[bb], self.cfg.train_config(), self.res.image_trial.gpu > 0
+        micro = tc.micro_batch or (tc.batch_size if on_gpu else 32)
+        compute = {"weights + gradients + SGD momentum (float32)": 3 * sh.params * F32,
+                   f"saved activations of a micro-batch of {micro} ({'bf16' if on_gpu else 'float32'})":
+                       int(micro * sh.saved_f32 * (self.a.bf16_saved_ratio if on_gpu else 1))}
+        images = max(r["train"] for r in self.rows.values()) * 3 * sh.input_size ** 2
+        host = {"Python + torch + Ray worker": self.a.worker_base_bytes, "training images (uint8 at input size)": images}
+        return {"gpu": compute, "host": host} if on_gpu else {"host": {**host, **compute}}
+
+    def refusals_of(self, what: str, memory: dict[str, dict[str, int]], res: Resources, res_name: str, gpu_fix: str) -> list[Refusal]:
+        out = []
+        for where, granted in _grants(res, self.gpu_memory):
+            need = sum(memory.get(where, {}).values())
+            if need > granted:
+                fix = _raise_fix(where, need, res_name, self.gpu_memory) + (f", or {gpu_fix}" if where == "gpu" else "")
+                out.append(Refusal(what, need, granted, "GPU" if where == "gpu" else "host", fix))
+        return out
 
 
 def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPlan:
-    """The capacity plan of `cfg` (seconds: one random-init model per backbone)."""
-    from head2toe.protocol import cv_folds
-    from head2toe.tasks import get_task
-
-    needs = extraction_needs(cfg)
-    sizes = needs[0][2] if needs else []
+    """The capacity plan of `cfg` (seconds: one meta-device model per backbone, arithmetic after)."""
+    p = _Planner(cfg, a)
+    storage = p.storage()
+    cv, finals = p.probe_trials()
     image = cfg.image_grids()
-    shapes = {bb: backbone_shape(bb, sizes or [512]) for bb in cfg.backbones}
-    tasks = {t: get_task(t) for t in cfg.tasks}
-    split_rows = {t: task.split_sizes() for t, task in tasks.items()}
-    res, gpu_mem = cfg.resources, cfg.resources.gpu_memory
-
-    # storage and extraction work
-    storage = []
-    for t, bb, ts in needs:
-        for split in ("train", "test"):
-            rows = split_rows[t][split]
-            storage += [{"task": t, "backbone": bb.name, "split": split, "target_size": s, "rows": rows,
-                         "features": shapes[bb].widths[s], "bytes": file_bytes(rows, shapes[bb].widths[s], CACHE_DTYPE)} for s in ts]
-    images = {t: split_rows[t]["train"] + split_rows[t]["test"] for t in cfg.tasks}
-
-    # probe trials
-    def need_at(task: str, bb: BackboneConfig, method: str, size: int, heads: int, kf: tuple, stage: str) -> dict[str, int]:
-        rows = split_rows[task]["train"]
-        feats = (shapes[bb].pre_logits if METHODS[method].layers == "pre_logits" else shapes[bb].widths)[size]
-        test_group = min(ROW_GROUP_BYTES, file_bytes(split_rows[task]["test"], feats, CACHE_DTYPE)) if stage == "final" else 0
-        fold_rows = len(cv_folds(rows)[0][0]) if stage == "cv" else rows
-        return probe_memory(rows, fold_rows, feats, tasks[task].num_classes, heads, kf, test_group, a)
-
-    def probe(stage, task, bb, method, size, heads, steps, kf) -> ProbeTrial:
-        parts = need_at(task, bb, method, size, heads, kf, stage)
-        feats = (shapes[bb].pre_logits if METHODS[method].layers == "pre_logits" else shapes[bb].widths)[size]
-        return ProbeTrial(stage, task, bb.name, method, size, heads, split_rows[task]["train"], feats,
-                          tasks[task].num_classes, steps, kf, res.trial.gpu > 0, parts)
-
-    cv = cv_specs(cfg)
-    probes = [probe("cv", s.task, s.backbone, s.method, s.target_size, len(s.hps), max(h.steps for h in s.hps),
-                    tuple(sorted({f for h in s.hps for f in h.keep_fractions}))) for s in cv]
-    grids = cfg.feature_grids()
-    finals = [probe("final", t, bb, m, max(g.target_size), 1, max(g.steps), (max(g.keep_fractions),) if g.keep_fractions else ())
-              for t in cfg.tasks for bb in cfg.backbones for m, g in grids.items() for _ in cfg.seeds]
     image_cv = image_cv_specs(cfg)
-    image_finals = [(t, bb, m, max(p.steps for p in pts)) for t in cfg.tasks for bb in cfg.backbones
-                    for m, pts in image.items() for _ in cfg.seeds]
-    trials = {"cv": {"feature_trials": len(cv), "feature_runs": sum(len(s.hps) for s in cv), "image_trials": len(image_cv)},
+    image_finals = [(t, bb, max(pt.steps for pt in pts)) for t in cfg.tasks for bb in cfg.backbones for pts in image.values() for _ in cfg.seeds]
+    trials = {"cv": {"feature_trials": len(cv), "feature_runs": sum(t.heads for t in cv), "image_trials": len(image_cv)},
               "final": {"feature_trials": len(finals), "image_trials": len(image_finals)}}
 
-    # memory per process kind
-    big = max(shapes.values(), key=lambda s: s.params)
-    memory: dict[str, dict] = {"driver": {"where": "host", "parts": {
+    big = max(p.shapes.values(), key=lambda s: s.params)
+    memory: dict[str, dict[str, dict[str, int]]] = {"driver": {"host": {
         "Python + Ray + MLflow client": a.driver_base_bytes, f"largest backbone's parameters ({big.name}, float32)": big.params * F32}}}
-    refused: list[Refusal] = []
-    for bb, sh in shapes.items():
-        if not sizes:
-            continue
-        on_gpu = res.extract.gpu > 0
-        act = 2 if on_gpu else F32
-        pooled = sh.batch_size * sum(sh.widths.values())
-        rows_by_size = max((r for r in storage if r["backbone"] == bb.name), key=lambda r: r["bytes"])
-        device = {"parameters (float32)": sh.params * F32, "one input batch (float32)": sh.batch_size * 3 * sh.input_size ** 2 * F32,
-                  f"one batch of tap activations ({'bf16' if on_gpu else 'float32'})": sh.batch_size * sh.tap_elements * act,
-                  "pooled batch (float32)": pooled * F32}
-        host = {"Python + torch + Ray worker": a.worker_base_bytes,
-                f"pooled outputs of {a.batches_in_flight} batches (float16)": a.batches_in_flight * pooled * 2,
-                f"one row group per target size (<= ROW_GROUP_BYTES = {human_bytes(ROW_GROUP_BYTES)})":
-                    sum(min(ROW_GROUP_BYTES, file_bytes(rows_by_size["rows"], sh.widths[s], CACHE_DTYPE)) for s in sizes)}
-        if not on_gpu:
-            host = {**host, **device}
-        key = f"extraction worker ({bb.name})"
-        memory[key] = {"where": "GPU + host" if on_gpu else "host", "host": host, **({"gpu": device} if on_gpu else {})}
-        for where, granted in _granted(res.extract, gpu_mem):
-            need = sum((device if where == "GPU" else host).values())
-            if need > granted:
-                fix = (f"resources.extract.gpu >= {_share(need, gpu_mem)} or a smaller backbones[].batch_size" if where == "GPU"
-                       else f"resources.extract.memory >= {human_bytes(need)}")
-                refused.append(Refusal(f"extraction task backbone={bb.name} batch_size={sh.batch_size}", need, granted, where, fix))
-
-    for t in probes + finals:
-        for where, granted in _granted(res.trial, gpu_mem):
-            if where == "GPU":
-                need = t.peak
-            else:  # host: the worker, plus on a GPU the float32 features staged before the copy
-                need = a.worker_base_bytes + (t.rows * t.features * F32 if t.on_gpu else t.peak)
-            if need > granted:
-                def need_at_size(size, heads, t=t):
-                    parts = need_at(t.task, next(b for b in cfg.backbones if b.name == t.backbone), t.method, size, heads, t.keep_fractions, t.stage)
-                    return sum(parts.values()) + (0 if where == "GPU" else a.worker_base_bytes)
-                sizes_m = sorted(grids[t.method].target_size)
-                refused.append(Refusal(t.label(), need, granted, where,
-                                       _probe_fix(t, need_at_size, granted, "resources.trial", res.trial, gpu_mem, sizes_m)))
-    largest = max(probes + finals, key=lambda p: p.peak, default=None)
+    refused = p.probe_refusals(cv + finals)
+    if p.sizes:
+        for bb, sh in p.shapes.items():
+            memory[f"extraction worker ({bb.name})"] = m = p.extraction(bb)
+            refused += p.refusals_of(f"extraction task backbone={bb.name} batch_size={sh.batch_size}", m, cfg.resources.extract,
+                                     "resources.extract", "a smaller backbones[].batch_size")
+    largest = max(cv + finals, key=lambda t: t.peak, default=None)
     if largest is not None:
-        memory["largest probe trial"] = {"where": "GPU" if largest.on_gpu else "host", "trial": largest.label(), "parts": largest.parts}
-        train_pages = max(r["bytes"] for r in storage if r["split"] == "train")
-        memory["node page cache"] = {"where": "host (shared by a node's trials)", "parts": {
-            "largest cached train split (float16, memory-mapped once per node)": train_pages}}
+        memory["largest probe trial"] = {k: v for k, v in (("gpu", largest.gpu), ("host", largest.host)) if v}
+        memory["node page cache (shared by the node's trials)"] = {"host": {
+            "largest cached train split (float16, memory-mapped once per node)": max(r["bytes"] for r in storage if r["split"] == "train")}}
+    if image:
+        for bb in cfg.backbones:
+            memory[f"image trial ({bb.name})"] = m = p.image_trial(bb)
+            refused += p.refusals_of(f"image trial backbone={bb.name} methods={','.join(image)}", m, cfg.resources.image_trial,
+                                     "resources.image_trial", "a smaller image_training.micro_batch")
 
-    for bb, sh in shapes.items():
-        if not image:
-            continue
-        tc = cfg.train_config()
-        on_gpu = res.image_trial.gpu > 0
-        micro = tc.micro_batch or (tc.batch_size if on_gpu else 32)
-        parts = {"weights + gradients + SGD momentum (float32)": 3 * sh.params * F32,
-                 f"saved activations of a micro-batch of {micro} ({'bf16' if on_gpu else 'float32'})": int(micro * sh.saved_f32 * (a.bf16_saved_ratio if on_gpu else 1))}
-        memory[f"image trial ({bb.name})"] = {"where": "GPU" if on_gpu else "host", "parts": parts}
-        need = sum(parts.values())
-        for where, granted in _granted(res.image_trial, gpu_mem):
-            planned = need if where == "GPU" or not on_gpu else a.worker_base_bytes + 3 * sh.params * F32
-            if planned > granted:
-                fix = (f"resources.image_trial.gpu >= {_share(planned, gpu_mem)}" if where == "GPU" and planned <= gpu_mem
-                       else "image_training.micro_batch smaller" + ("" if where == "GPU" else f", or resources.image_trial.memory >= {human_bytes(planned)}"))
-                refused.append(Refusal(f"image trial backbone={bb.name} methods={','.join(image)}", planned, granted, where, fix))
-
-    # GPU-hours at the assumed throughput
-    ext = sum(images[t] / a.extract_rate(bb.name) for t, bb, _ in needs) / 3600
-    ext_test = sum(split_rows[t]["test"] / a.extract_rate(bb.name) for t, bb, _ in needs) / 3600
-    tflop = a.probe_tflops * 1e12 * 3600
-    tc = cfg.train_config()
-    img_cv = sum(dict(s.image_hp)["steps"] * tc.batch_size / a.train_rate(s.backbone.name) for s in image_cv) / 3600
-    img_final = sum((steps * tc.batch_size + split_rows[t]["test"]) / a.train_rate(bb.name) for t, bb, _, steps in image_finals) / 3600
-    gpu_hours = {"extraction (train + test)": ext, "  of which test (in the final stage when test_features: stream)": ext_test,
-                 "probe trials, CV": sum(p.flops() for p in probes) / tflop,
-                 "probe trials, final (at each grid's costliest point)": sum(p.flops() for p in finals) / tflop,
-                 "image trials, CV": img_cv, "image trials, final (longest schedule)": img_final}
-    gpu_hours["total"] = sum(v for k, v in gpu_hours.items() if not k.startswith(" "))
-    forward = {"extraction (one per image per backbone)": sum(images[t] for t, _, _ in needs),
-               "image-method training (images seen)": sum(dict(s.image_hp)["steps"] * tc.batch_size for s in image_cv)
+    tc, tflop = cfg.train_config(), a.probe_tflops * 1e12 * 3600
+    images = {t: p.rows[t]["train"] + p.rows[t]["test"] for t in cfg.tasks}
+    gpu_hours = {
+        "extraction, train splits": sum(p.rows[t]["train"] / a.extract_rate(bb.name) for t, bb, _ in p.needs) / 3600,
+        "extraction, test splits (final stage with test_features: stream)": sum(p.rows[t]["test"] / a.extract_rate(bb.name) for t, bb, _ in p.needs) / 3600,
+        "probe trials, CV": sum(t.flops() for t in cv) / tflop,
+        "probe trials, final (each grid's costliest point)": sum(t.flops() for t in finals) / tflop,
+        "image trials, CV": sum(dict(s.image_hp)["steps"] * tc.batch_size / a.train_rate(s.backbone.name) for s in image_cv) / 3600,
+        "image trials, final (longest schedule, + test)": sum((steps * tc.batch_size + p.rows[t]["test"]) / a.train_rate(bb.name)
+                                                              for t, bb, steps in image_finals) / 3600,
+    }
+    gpu_hours["total"] = sum(gpu_hours.values())
+    forward = {"extraction: one per image per backbone (train + test)": sum(images[t] for t, _, _ in p.needs),
+               "image-method training: images through the backbone": sum(dict(s.image_hp)["steps"] * tc.batch_size for s in image_cv)
                + sum(steps * tc.batch_size for *_, steps in image_finals)}
     refused.sort(key=lambda r: r.planned - r.granted, reverse=True)
-    return CapacityPlan(cfg.name, list(shapes.values()), sizes, trials, forward, storage, memory, largest, gpu_hours, refused,
+    return CapacityPlan(cfg.name, list(p.shapes.values()), p.sizes, trials, forward, storage, memory, largest, gpu_hours, refused,
                         getattr(cfg, "test_features", None), a)
 
 
