@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 from head2toe.cache import human_bytes
 from orchestrator.capacity import STORAGE_MODES, CapacityPlan, check_fits, plan_capacity
@@ -55,6 +56,10 @@ def render(plan: CapacityPlan) -> str:
           human_bytes(v["train"] + v["test"]), human_bytes(v["train"])] for (bb, t), v in by.items()]
         + [["all", "", "", "", "", "", human_bytes(plan.storage_bytes("cache")), human_bytes(plan.storage_bytes("stream"))]],
         ["backbone", "target size", "train rows", "train", "test rows", "test", "test_features: cache", "test_features: stream"])]
+    if plan.storage:
+        big = max(plan.storage, key=lambda r: r["bytes"])
+        out.append(f"  largest split: {big['task']} {big['split']} through {big['backbone']} at T={big['target_size']}: "
+                   f"{big['rows']:,} rows x {big['features']:,} features = {human_bytes(big['bytes'])}")
     out += ["", "Planned peak memory per process (the bytes each one holds at its peak)"]
     rows = []
     for kind, m in plan.memory.items():
@@ -71,9 +76,12 @@ def render(plan: CapacityPlan) -> str:
             f"    extraction img/s per GPU: {', '.join(f'{k} {v:g}' for k, v in a.extract_img_per_s)}, other {a.extract_img_per_s_other:g}",
             f"    image-method training img/s per GPU: {', '.join(f'{k} {v:g}' for k, v in a.train_img_per_s)}, other {a.train_img_per_s_other:g}",
             f"    probes: 6*B*F*C*K FLOPs per step (B=128) at {a.probe_tflops:g} TFLOP/s sustained; {a.head_copies:g} float32 copies of the heads at a step's peak",
-            f"    driver {human_bytes(a.driver_base_bytes)} and Ray worker {human_bytes(a.worker_base_bytes)} baseline RSS"]
+            f"    driver {human_bytes(a.driver_base_bytes)} and Ray worker {human_bytes(a.worker_base_bytes)} baseline RSS; "
+            f"bf16 autocast saves {a.bf16_saved_ratio:g}x the float32 activations"]
     if plan.refused:
-        out += ["", f"REFUSED: {len(plan.refused)} process(es) plan more memory than they ask for; the worst:", f"  {plan.refused[0].line()}"]
+        kinds = Counter(r.what.split(" task=")[0].split(" backbone=")[0] for r in plan.refused)
+        out += ["", f"REFUSED: {len(plan.refused)} process(es) plan more memory than they ask for "
+                f"({', '.join(f'{n} {k}' for k, n in kinds.items())}); the worst:", f"  {plan.refused[0].line()}"]
     else:
         out += ["", "Every trial and extraction task fits the memory it asks for."]
     return "\n".join(out)
