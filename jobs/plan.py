@@ -13,7 +13,7 @@ import json
 from collections import Counter
 
 from head2toe.cache import human_bytes
-from orchestrator.capacity import STORAGE_MODES, CapacityPlan, check_fits, plan_capacity
+from orchestrator.capacity import CapacityPlan, check_fits, plan_capacity
 from orchestrator.config import load_config
 
 

@@ -1,13 +1,14 @@
 """Capacity plan of a sweep config: work, storage, memory per process and GPU-hours, before anything runs.
 
-`plan_capacity(cfg)` is pure arithmetic over layer shapes (backbones built with random weights,
-one batch-1 forward each), task split sizes and the trial specs of `orchestrator.plan`: no Ray,
-no data, no network. It sizes the bounded-memory data path: the driver plans and logs but never
-reads features; extraction streams one batch at a time into Parquet row groups; a probe trial
-holds its task's training features once in float32 plus its heads' optimizer state; the cached
-float16 pages are memory-mapped and shared by the trials of a node. `refusals()` lists the
-trials whose planned memory exceeds what they ask for; `check_fits(cfg)` turns the largest into
-one H2TError line (`h2t plan` and `h2t sweep` call it before Ray starts).
+`plan_capacity(cfg)` is arithmetic over layer shapes (each backbone built with random weights on
+torch's meta device: shapes without compute), task split sizes and the trial specs of
+`orchestrator.plan`: no Ray, no data, no weights, no network. It sizes the bounded-memory data
+path: the driver plans and logs but never reads features; extraction streams one batch at a time
+into Parquet row groups; a probe trial holds its task's training features once in float32 plus its
+heads' optimizer state; the cached float16 pages are memory-mapped and shared by a node's trials.
+`CapacityPlan.refused` lists the processes whose planned memory exceeds what they ask for;
+`check_fits(cfg)` turns the worst into one H2TError line (`h2t plan` and `h2t sweep` call it
+before Ray starts).
 """
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ class Assumptions:
         pass costs ~2 forwards, so 1/3 of the same benchmark's inference rate, x0.75 for
         augmentation and the optimizer step.
     probe_tflops: sustained TFLOP/s of probe training on one GPU, costed as 6*B*F*C*K FLOPs per
-        step (the (B,F)x(F,K*C) matmul, its weight gradient and the input-gradient-free backward
-        counted as 3 matmuls of 2*B*F*K*C). Heads are float32 and torch leaves TF32 off for
-        matmuls: an A100 peaks at 19.5 fp32 TFLOP/s; half of it sustained for tall-skinny
-        matmuls plus the memory-bound Adam update.
+        step: 4*B*F*C*K for the (B,F)x(F,K*C) matmul and its weight gradient (the features need
+        no gradient), the other 2*B*F*C*K standing in for the memory-bound Adam and penalty
+        passes over the K*F*C state (~10 float32 passes a step: ~40% of the matmul time at
+        2 TB/s vs 10 TFLOP/s). Heads are float32 and torch leaves TF32 off for matmuls: an A100
+        peaks at 19.5 fp32 TFLOP/s; half of it sustained for these tall-skinny matmuls.
     head_copies: float32 (F, K, C) tensors alive at a probe step's peak: weights, gradient and
         Adam's two moments (4) plus the step's temporaries (bias-corrected moments, the update,
         the penalty's backward) and the returned heads. Measured 8.5-9.4 on CPU (peak RSS of
@@ -243,10 +245,15 @@ def _grants(res: Resources, gpu_memory: int) -> list[tuple[str, int]]:
     return ([("gpu", int(res.gpu * gpu_memory))] if res.gpu else []) + ([("host", res.memory)] if res.memory else [])
 
 
+def _size_up(need: int) -> str:
+    """`need` as a config size string, rounded up (so that it is enough): "1.3GiB", "270MiB"."""
+    return f"{math.ceil(need / 2**30 * 10) / 10:g}GiB" if need >= 2**30 else f"{math.ceil(need / 2**20)}MiB"
+
+
 def _raise_fix(where: str, need: int, res_name: str, gpu_memory: int) -> str:
     if where == "host":
-        return f"{res_name}.memory >= {human_bytes(need)}"
-    return f"{res_name}.gpu >= {_share(need, gpu_memory)}" if need <= gpu_memory else f"a GPU with >= {human_bytes(need)} (resources.gpu_memory)"
+        return f"{res_name}.memory >= {_size_up(need)}"
+    return f"{res_name}.gpu >= {_share(need, gpu_memory)}" if need <= gpu_memory else f"a GPU with >= {_size_up(need)} (resources.gpu_memory)"
 
 
 class _Planner:
