@@ -64,9 +64,12 @@ def render(plan: CapacityPlan) -> str:
     rows = []
     for kind, m in plan.memory.items():
         for where, parts in m.items():
-            rows.append([kind, "GPU" if where == "gpu" else "host", human_bytes(sum(parts.values()))])
-            rows += [[f"  {k}", "", human_bytes(v)] for k, v in parts.items()]
-    out.append(_table(rows, ["process / part", "where", "peak"], left=2))
+            grant = plan.granted.get(kind, {}).get(where)
+            rows.append([kind, "GPU" if where == "gpu" else "host", human_bytes(sum(parts.values())),
+                         "-" if kind not in plan.granted else human_bytes(grant) if grant else "not asked"])
+            rows += [[f"  {k}", "", human_bytes(v), ""] for k, v in parts.items()]
+    out.append(_table(rows, ["process / part", "where", "peak", "granted"], left=2))
+    out.append("  granted: the GPU share x resources.gpu_memory, or resources.<kind>.memory (Ray's memory resource)")
     if plan.largest_probe is not None:
         p = plan.largest_probe
         out.append(f"  largest probe trial: {p.label()}: N={p.rows:,} rows x F={p.features:,} features, C={p.classes} classes, K={p.heads}")

@@ -210,6 +210,7 @@ class CapacityPlan:
     forward_passes: dict[str, int]
     storage: list[dict]  # one row per task x backbone x split x target size
     memory: dict[str, dict[str, dict[str, int]]]  # process kind -> "gpu"/"host" -> part -> bytes
+    granted: dict[str, dict[str, int]]  # process kind -> "gpu"/"host" -> bytes it asks Ray for (absent: not asked)
     largest_probe: ProbeTrial | None
     gpu_hours: dict[str, float]
     refused: list[Refusal] = field(default_factory=list)
@@ -228,6 +229,7 @@ class CapacityPlan:
             "storage": {"dtype": CACHE_DTYPE, "modes": {m: self.storage_bytes(m) for m in STORAGE_MODES},
                         "selected_mode": self.test_features, "splits": self.storage},
             "memory": {k: {w: {**parts, "total": sum(parts.values())} for w, parts in m.items()} for k, m in self.memory.items()},
+            "granted": self.granted,
             "largest_probe_trial": None if self.largest_probe is None else
             {**asdict(self.largest_probe), "label": self.largest_probe.label(), "peak": self.largest_probe.peak},
             "gpu_hours": self.gpu_hours, "refused": [asdict(r) | {"line": r.line()} for r in self.refused],
@@ -301,33 +303,36 @@ class _Planner:
         return cv, final
 
     def probe_refusals(self, trials: list[ProbeTrial]) -> list[Refusal]:
+        """Probe trials over their grant. The grant a fix names is enough for every probe trial of
+        the sweep (so one edit clears them all); a smaller target size is named per method."""
         out = []
-        for t in trials:
-            for where, granted in _grants(self.res.trial, self.gpu_memory):
-                need = sum(getattr(t, where).values())
-                if need > granted:
-                    out.append(Refusal(t.label(), need, granted, "GPU" if where == "gpu" else "host", self._probe_fix(t, where, need, granted)))
+        for where, granted in _grants(self.res.trial, self.gpu_memory):
+            over = [(t, sum(getattr(t, where).values())) for t in trials if sum(getattr(t, where).values()) > granted]
+            if not over:
+                continue
+            widest = max(sum(getattr(t, where).values()) for t in trials)
+            one_head = max(self._need(t, where, t.target_size, 1) for t in trials)
+            for t, need in over:
+                fixes = []
+                if any(x.heads > 1 for x in trials):
+                    if one_head <= granted:
+                        fixes.append(f"batch_hparams: false (1 head per trial: at most {human_bytes(one_head)})")
+                    elif where == "gpu" and one_head <= self.gpu_memory:
+                        fixes.append(f"batch_hparams: false with resources.trial.gpu >= {_share(one_head, self.gpu_memory)}")
+                fixes.append(_raise_fix(where, widest, "resources.trial", self.gpu_memory))
+                smaller = [s for s in self.cfg.feature_grids()[t.method].target_size
+                           if s < t.target_size and self._need(t, where, s, t.heads) <= granted]
+                if smaller:
+                    fixes.append(f"target sizes <= {max(smaller)} for {t.method}")
+                out.append(Refusal(t.label(), need, granted, "GPU" if where == "gpu" else "host", ", or ".join(fixes)))
         return out
 
-    def _probe_fix(self, t: ProbeTrial, where: str, need: int, granted: int) -> str:
-        """The cheapest changes that make `t` fit: one head per trial, a bigger grant, a smaller target size."""
+    def _need(self, t: ProbeTrial, where: str, size: int, heads: int) -> int:
+        """Bytes (`where`: "gpu"/"host") of trial `t` at another target size or head count."""
+        if (size, heads) == (t.target_size, t.heads):
+            return sum(getattr(t, where).values())
         bb = next(b for b in self.cfg.backbones if b.name == t.backbone)
-
-        def need_at(size: int, heads: int) -> int:
-            return sum(getattr(self.probe(t.stage, t.task, bb, t.method, size, heads, t.steps, t.keep_fractions), where).values())
-
-        fixes = []
-        if t.heads > 1:
-            one = need_at(t.target_size, 1)
-            if one <= granted:
-                fixes.append(f"batch_hparams: false (1 head per trial plans {human_bytes(one)})")
-            elif where == "gpu" and one <= self.gpu_memory:
-                fixes.append(f"batch_hparams: false with resources.trial.gpu >= {_share(one, self.gpu_memory)}")
-        fixes.append(_raise_fix(where, need, "resources.trial", self.gpu_memory))
-        smaller = [s for s in self.cfg.feature_grids()[t.method].target_size if s < t.target_size and need_at(s, t.heads) <= granted]
-        if smaller:
-            fixes.append(f"target sizes <= {max(smaller)} for {t.method}")
-        return ", or ".join(fixes)
+        return sum(getattr(self.probe(t.stage, t.task, bb, t.method, size, heads, t.steps, t.keep_fractions), where).values())
 
     def extraction(self, bb: BackboneConfig) -> dict[str, dict[str, int]]:
         """One extraction task: the backbone, one batch in and its taps, a few pooled batches, one
@@ -380,20 +385,24 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
     big = max(p.shapes.values(), key=lambda s: s.params)
     memory: dict[str, dict[str, dict[str, int]]] = {"driver": {"host": {
         "Python + Ray + MLflow client": a.driver_base_bytes, f"largest backbone's parameters ({big.name}, float32)": big.params * F32}}}
+    granted: dict[str, dict[str, int]] = {}
     refused = p.probe_refusals(cv + finals)
     if p.sizes:
         for bb, sh in p.shapes.items():
             memory[f"extraction worker ({bb.name})"] = m = p.extraction(bb)
+            granted[f"extraction worker ({bb.name})"] = dict(_grants(cfg.resources.extract, p.gpu_memory))
             refused += p.refusals_of(f"extraction task backbone={bb.name} batch_size={sh.batch_size}", m, cfg.resources.extract,
                                      "resources.extract", "a smaller backbones[].batch_size")
     largest = max(cv + finals, key=lambda t: t.peak, default=None)
     if largest is not None:
         memory["largest probe trial"] = {k: v for k, v in (("gpu", largest.gpu), ("host", largest.host)) if v}
+        granted["largest probe trial"] = dict(_grants(cfg.resources.trial, p.gpu_memory))
         memory["node page cache (shared by the node's trials)"] = {"host": {
             "largest cached train split (float16, memory-mapped once per node)": max(r["bytes"] for r in storage if r["split"] == "train")}}
     if image:
         for bb in cfg.backbones:
             memory[f"image trial ({bb.name})"] = m = p.image_trial(bb)
+            granted[f"image trial ({bb.name})"] = dict(_grants(cfg.resources.image_trial, p.gpu_memory))
             refused += p.refusals_of(f"image trial backbone={bb.name} methods={','.join(image)}", m, cfg.resources.image_trial,
                                      "resources.image_trial", "a smaller image_training.micro_batch")
 
@@ -413,7 +422,7 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
                "image-method training: images through the backbone": sum(dict(s.image_hp)["steps"] * tc.batch_size for s in image_cv)
                + sum(steps * tc.batch_size for *_, steps in image_finals)}
     refused.sort(key=lambda r: r.planned - r.granted, reverse=True)
-    return CapacityPlan(cfg.name, list(p.shapes.values()), p.sizes, trials, forward, storage, memory, largest, gpu_hours, refused,
+    return CapacityPlan(cfg.name, list(p.shapes.values()), p.sizes, trials, forward, storage, memory, granted, largest, gpu_hours, refused,
                         getattr(cfg, "test_features", None), a)
 
 
