@@ -29,9 +29,12 @@ def print_result(res) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import run_sweep
+    from orchestrator.capacity import check_fits
 
     cfg = load_config(args.config, tracking_uri=args.tracking_uri, cache=args.cache)
+    check_fits(cfg)  # a trial that cannot fit what it asks for is refused before Ray is even imported
+    from orchestrator.sweep import run_sweep
+
     out = Path(args.out or Path("out") / cfg.name)
     res = run_sweep(cfg, out, resume=args.resume, address=args.address, config_text=Path(args.config).read_text())
     print_result(res)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,18 +102,50 @@ class MethodGrid(_Strict):
         return expand_grid(self.lr, self.steps, self.coef, self.target_size, self.keep_fractions)
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(v: int | float | str) -> int:
+    """Bytes from an int or a string such as "16GiB", "512 MiB", "2.5GB" (GB = 10^9, GiB = 2^30)."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected bytes or a size such as '16GiB', got {v!r}")
+    if isinstance(v, (int, float)):
+        n = float(v)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(v))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"expected bytes or a size such as '16GiB', '512MiB', '2.5GB', got {v!r}")
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not n > 0:
+        raise ValueError(f"must be > 0 bytes, got {v!r}")
+    return int(n)
+
+
 class Resources(_Strict):
+    """What one trial (or extraction task) asks Ray for. `memory`: host RAM in bytes (or "16GiB"),
+    Ray's `memory` resource; unset asks for none and skips the host-memory check of `h2t plan`."""
+
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)
+    memory: int | None = None
+
+    _memory = field_validator("memory", mode="before")(lambda v: None if v is None else parse_bytes(v))
 
     def as_tune(self) -> dict[str, float]:
-        return {"cpu": self.cpu, "gpu": self.gpu}
+        return {"cpu": self.cpu, "gpu": self.gpu, **({"memory": self.memory} if self.memory else {})}
 
 
 class ResourcePlan(_Strict):
+    """Per-kind requests, and `gpu_memory`: bytes of one whole GPU of the cluster, which a
+    fractional `gpu` share is measured against by `h2t plan` and `h2t sweep`'s pre-Ray check."""
+
     trial: Resources = Resources()
     extract: Resources = Resources(cpu=1)
     image_trial: Resources = Resources(cpu=2, gpu=0)
+    gpu_memory: int = 80 << 30
+
+    _gpu_memory = field_validator("gpu_memory", mode="before")(lambda v: parse_bytes(v))
 
 
 class SweepConfig(_Strict):
