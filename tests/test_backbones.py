@@ -103,3 +103,15 @@ def test_default_resize_is_the_references_float_bilinear():
     aa = to_input(img[None], 2, (0.0,) * 3, (1.0,) * 3, method="uint8_antialias")
     assert ref[0, 0].tolist() == [[1.0, 0.0], [1.0, 0.0]]  # tf.image.resize: no antialiasing
     assert ((aa - 0.5).abs() < 0.1).all()  # antialiasing averages the stripes
+
+
+def test_h2t_backbones_lists_the_pinned_tags(capsys):
+    import json
+
+    from jobs.cli import main
+
+    assert main(["backbones", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["resnet50"]["timm_id"] == "resnet50.tv_in1k" and rows["resnet50"]["input_size"] == 240
+    assert rows["vit_b16"]["timm_id"] == "vit_base_patch16_224.augreg_in1k" and rows["vit_b16"]["taps"] == "reference"
+    assert rows["resnet50"]["n_layers"] == 52 and rows["vit_b16"]["layers"][-1] == "pre_logits"
