@@ -2,8 +2,10 @@
 
 One registry, one factory (`create_backbone`), `feature_info` per tap, like timm. The
 paper's endpoints are per-unit activations that timm's `forward_intermediates` does not
-expose, so taps are forward hooks on named modules; `pre_logits` and `logits` come from
-timm's `forward_head`, which every timm classifier has.
+expose, so taps are forward hooks on named modules (on a module's output, or its input for
+a residual unit's input); `pre_logits` and `logits` come from timm's `forward_head`, which
+every timm classifier has. A backbone has named tap sets: `reference` mirrors the endpoints
+of google-research/head2toe (docs/paper_setup.md), `activations` is this project's earlier set.
 """
 from __future__ import annotations
 
