@@ -119,8 +119,9 @@ def test_penalty_value_and_gradient_equal_the_closed_form():
     w = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0]])[:, None, :].repeat(1, 3, 1).requires_grad_(True)  # (F=3, K=3, C=2)
     coefs = torch.tensor([0.5, 0.25, 2.0])
     total = _penalty(w, ["group", "l1", "l2"], coefs)
+    value = float(total.detach())
     # group: 0.5 * (5 + 0 + 1); l1: 0.25 * (3 + 4 + 1); l2: 2 * (9 + 16 + 1)
-    assert float(total) == pytest.approx(0.5 * 6 + 0.25 * 8 + 2.0 * 26, rel=1e-6)
+    assert value == pytest.approx(0.5 * 6 + 0.25 * 8 + 2.0 * 26, rel=1e-6)
     (g,) = torch.autograd.grad(total, w)
     assert torch.allclose(g[:, 0], 0.5 * torch.tensor([[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]]), atol=1e-6)  # W_i / ||W_i||, 0 at 0
     assert torch.allclose(g[:, 1], 0.25 * torch.tensor([[1.0, 1.0], [0.0, 0.0], [-1.0, 0.0]]))
