@@ -32,7 +32,7 @@ def cross_validate(provider: FeatureProvider, task: Task, method: FeatureMethod,
     """Validation rows (one per hp x keep fraction x fold)."""
     rows = []
     for t, hps in _by_target(grid).items():
-        train = provider.get(task, "train", [t])[t]
+        train = provider.get(task, task.cv_split, [t])[t]
         train.check_finite()
         train.check_labels(task.num_classes)
         splits = cv_folds(len(train))

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 PENALTIES = ("none", "l1", "l2", "group")
+INITS = ("glorot", "zeros")  # glorot: the reference's Keras Dense (Glorot-uniform kernel, zero bias)
+ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the reference trains
 _GROUP_EPS = 1e-12
 
 
@@ -28,8 +30,11 @@ class ProbeConfig:
     penalty: str = "none"
     coef: float = 0.0
     batch_size: int = 128
+    init: str = "glorot"
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
         if int(self.steps) != self.steps or self.steps <= 0:
@@ -77,6 +82,14 @@ def batch_schedule(n: int, steps: int, batch_size: int, seed: int) -> torch.Tens
     return torch.cat(perms)[:need].view(steps, b)
 
 
+def glorot_uniform(fan_in: int, fan_out: int, seed: int) -> torch.Tensor:
+    """(fan_in, fan_out) weights ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out)), from `seed` alone
+    (so a head's start does not depend on the other heads trained beside it)."""
+    gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return torch.rand(fan_in, fan_out, generator=gen).mul_(2 * bound).sub_(bound)
+
+
 def _penalty(w: torch.Tensor, kinds: list[str], coefs: torch.Tensor) -> torch.Tensor:
     """Sum over heads of coef_k * penalty_k(W_k); w is (F, K, C)."""
     total = w.new_zeros(())
@@ -117,12 +130,16 @@ def _train_group(
     sched = batch_schedule(n, max_steps, configs[0].batch_size, seed).to(device)
     if rows is not None:
         sched = rows[sched]
-    w = torch.zeros(f, k, num_classes, device=device, requires_grad=True)
+    w = torch.zeros(f, k, num_classes, device=device)
+    glorot = [i for i, c in enumerate(configs) if c.init == "glorot"]
+    if glorot:
+        w[:, glorot, :] = glorot_uniform(f, num_classes, seed).to(device)[:, None, :]
+    w.requires_grad_(True)
     b = torch.zeros(k, num_classes, device=device, requires_grad=True)
     params = (w, b)
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    beta1, beta2, eps = ADAM_BETA1, ADAM_BETA2, ADAM_EPS
     base_lr = torch.tensor([c.lr for c in configs], device=device)
     total_steps = torch.tensor(steps, device=device, dtype=torch.float32)
     coefs = torch.tensor([c.coef for c in configs], device=device)
