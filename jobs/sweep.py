@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.config import load_config
+from jobs.preflight import check_tracking_uri, open_checked_cache, require_writable_or_cached, write_problem
+from orchestrator.config import SweepConfig, load_config
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -28,10 +29,32 @@ def print_result(res) -> None:
         print(f"  open the UI:  mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1 --port 5000")
 
 
+def preflight(cfg: SweepConfig) -> None:
+    """What the sweep will touch, checked before Ray starts: the tracking server answers, the
+    feature cache is reachable and either writable or already holds every file."""
+    check_tracking_uri(cfg.tracking_uri)
+    cache = open_checked_cache(cfg.cache)
+    if write_problem(cache) is None:
+        return
+    from head2toe.backbones import create_backbone
+    from head2toe.provider import feature_key
+    from head2toe.tasks import get_task
+    from orchestrator.extraction import jobs_for_sweep
+
+    keys, backbones = [], {}
+    for job in jobs_for_sweep(cfg):
+        bb = job.backbone
+        if bb not in backbones:
+            backbones[bb] = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint)
+        keys += [feature_key(get_task(job.task), job.split, backbones[bb], t, cache.dtype) for t in job.target_sizes]
+    require_writable_or_cached(cache, keys)
+
+
 def main(args: argparse.Namespace) -> int:
     from orchestrator.sweep import run_sweep
 
     cfg = load_config(args.config, tracking_uri=args.tracking_uri, cache=args.cache)
+    preflight(cfg)
     out = Path(args.out or Path("out") / cfg.name)
     res = run_sweep(cfg, out, resume=args.resume, address=args.address, config_text=Path(args.config).read_text())
     print_result(res)
