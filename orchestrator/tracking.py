@@ -150,6 +150,13 @@ class Tracker:
         c = self.client if wait else self.raw
         kind = op["op"]
         if kind == "create":
+            if op.get("tried"):  # an earlier attempt may have reached the server before the connection broke
+                found = c.search_runs([op["experiment_id"]], f"tags.`{KEY}` = '{op['tags'][KEY]}' and "
+                                      f"attributes.start_time = {op['start_time']}", max_results=1)
+                if found:
+                    ids[op["h"]] = found[0].info.run_id
+                    return
+            op["tried"] = True
             run = c.create_run(op["experiment_id"], start_time=op["start_time"], tags=op["tags"], run_name=op["run_name"])
             ids[op["h"]] = run.info.run_id
             return
