@@ -57,6 +57,19 @@ def _s3_probe(uri: str, timeout: float) -> None:
     fs.get_file_info(f"{parts.netloc}{parts.path}")
 
 
+def _gcs_probe(uri: str, timeout: float) -> None:
+    """The same for gs:// (pyarrow's default retry limit is 15 minutes)."""
+    from datetime import timedelta
+
+    parts = urlsplit(uri)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    opts = {k: query[k] for k in ("scheme", "endpoint_override") if k in query}
+    if query.get("anonymous", "").lower() in ("1", "true"):
+        opts["anonymous"] = True
+    fs = pafs.GcsFileSystem(**opts, retry_time_limit=timedelta(seconds=timeout))
+    fs.get_file_info(f"{parts.netloc}{parts.path}")
+
+
 def _within(seconds: float, what: str, fix: str, func, *args) -> None:
     """Run func in a daemon thread; an answer that takes longer than `seconds` is an error."""
     errors: list[BaseException] = []
@@ -79,9 +92,10 @@ def _within(seconds: float, what: str, fix: str, func, *args) -> None:
 
 def open_checked_cache(uri: str | None, dtype: str = "float16") -> FeatureCache:
     """The feature cache at `uri`, with a remote one reached within seconds (or one line saying why not)."""
-    if uri and uri.startswith("s3://"):
+    probe = {"s3://": _s3_probe, "gs://": _gcs_probe}.get((uri or "")[:5])
+    if probe is not None:
         _within(3 * REMOTE_TIMEOUT_S, f"cannot reach feature cache {uri!r}",
-                "check the network, bucket, endpoint and credentials, or pass --cache with a local folder", _s3_probe, uri, REMOTE_TIMEOUT_S)
+                "check the network, bucket, endpoint and credentials, or pass --cache with a local folder", probe, uri, REMOTE_TIMEOUT_S)
     try:
         return open_cache(uri, dtype=dtype)
     except (OSError, pa.ArrowException) as e:
