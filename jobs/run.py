@@ -56,8 +56,8 @@ def main(args: argparse.Namespace) -> int:
                              target_size=args.target_size, keep_fractions=args.keep_fraction)
     except ValueError as e:
         raise H2TError(str(e)) from None
+    backbone = build_backbone(args)  # an unknown name is refused before the cache folder is made
     cache = build_cache(args)
-    backbone = build_backbone(args)
     splits = ["train"] if args.fold is not None else ["train", "test"]
     require_writable_or_cached(cache, [feature_key(task, s, backbone, t, cache.dtype) for t in sorted({h.target_size for h in grid})
                                        for s in splits])

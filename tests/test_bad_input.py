@@ -260,9 +260,11 @@ def test_h2t_sweep_refuses_bad_imagefolder(tmp_path, case):
 
 def test_h2t_sweep_refuses_duplicated_yaml_key(tmp_path):
     text = yaml.safe_dump(TINY, sort_keys=False) + "tasks: [digits]\n"  # plain YAML would keep the last
-    line = len(text.splitlines())
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines, 1) if ln.startswith("tasks:"))
     proc, elapsed, out = sweep(tmp_path, text)
-    assert_refused(proc, elapsed, f"malformed YAML at line {line}", "duplicated key 'tasks' (first at line 2)", str(tmp_path / "bad.yaml"))
+    assert_refused(proc, elapsed, f"malformed YAML at line {len(lines)}, column 1", f"duplicated key 'tasks' (first at line {first})",
+                   str(tmp_path / "bad.yaml"))
     assert_nothing_started(tmp_path, out)
 
 
