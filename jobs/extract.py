@@ -19,7 +19,7 @@ from head2toe.tasks import get_task
 from head2toe.tasks.base import SPLITS
 from head2toe.errors import H2TError
 from jobs.common import add_backbone_args, build_backbone, build_cache, emit_json, positive
-from jobs.preflight import check_device, write_problem
+from jobs.preflight import check_device, quiet_cache_log, write_problem
 
 DEFAULT_TARGET_SIZES = sorted({t for g in DEFAULT_GRIDS.values() for t in g["target_size"]})
 
@@ -57,10 +57,10 @@ def main(args: argparse.Namespace) -> int:
     sizes = sorted(set(args.target_size))
     cache = build_cache(args)
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
-    ray_path = bool(args.address or os.environ.get("RAY_ADDRESS"))
-    if ray_path and write_problem(cache) is not None:
-        _refuse_unwritable(cache, _plan(args, tasks, sizes, cache))  # before Ray starts
-    if ray_path:
+    if write_problem(cache) is not None:  # refused (naming a file) before any forward pass or Ray start
+        with quiet_cache_log():
+            _refuse_unwritable(cache, _plan(args, tasks, sizes, cache))
+    if args.address or os.environ.get("RAY_ADDRESS"):
         from orchestrator.extraction import ExtractionJob, run_extraction
 
         jobs = [ExtractionJob(spec, split, _backbone_config(args, b), tuple(sizes))
@@ -105,9 +105,8 @@ def _refuse_unwritable(cache, plans: list) -> None:
 
 
 def _run_here(args: argparse.Namespace, tasks, sizes: list[int], cache, say) -> tuple[list[CacheItem], int]:
-    """Plan everything first (so the size and writability checks cover the whole job), then extract split by split."""
+    """Plan everything first (so the size check covers the whole job), then extract split by split."""
     plans = _plan(args, tasks, sizes, cache)
-    _refuse_unwritable(cache, plans)
     todo = [i for *_, items in plans for i in items if not i.cached]
     if todo:
         say(check_room(cache, sum(i.bytes for i in todo), args.min_free)

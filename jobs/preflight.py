@@ -115,7 +115,7 @@ def write_problem(cache: FeatureCache) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet_cache_log():
+def quiet_cache_log():
     """The refusal line names the damaged file itself; the cache's own warning would be a second line."""
     log = logging.getLogger("head2toe.cache")
     level = log.level
@@ -132,7 +132,7 @@ def require_writable_or_cached(cache: FeatureCache, keys: list[str]) -> None:
     problem = write_problem(cache)
     if problem is None:
         return
-    with _quiet_cache_log():
+    with quiet_cache_log():
         missing = [k for k in keys if not cache.contains(k)]
     if missing:
         damaged = {p for p, _ in cache.rejected}

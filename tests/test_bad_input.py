@@ -364,6 +364,9 @@ def test_read_only_cache_with_a_damaged_file_is_refused_before_any_forward_pass(
         proc, elapsed = h2t("run", "--task", "faces", "--cache", str(cache), "--method", "linear", *RUN)
         assert_refused(proc, elapsed, f"feature cache {cache} is not writable", "1 of 2 needed feature file(s) must be written",
                        f"{damaged} is damaged", "pass --cache with a writable folder")
+        proc, elapsed = h2t("extract", "--task", "faces", "--weights", "random", "--input-size", "64", "--target-size", "16",
+                            "--cache", str(cache))
+        assert_refused(proc, elapsed, f"feature cache {cache} is not writable", "1 file(s) must be written", str(damaged))
         proc, _ = h2t("run", "--task", "faces", "--cache", str(cache), "--method", "linear", *RUN, "--fold", "0", "--json")
         assert proc.returncode == 0, proc.stderr[-2000:]  # a read-only cache that holds what is needed (train) is fine
         assert json.loads(proc.stdout)["forward_passes"] == 0
