@@ -11,7 +11,6 @@ import numpy as np
 
 from head2toe.backbones import Backbone, create_backbone
 from head2toe.cache import FeatureCache
-from head2toe.errors import H2TError
 from head2toe.limits import MAX_BATCH, MAX_INPUT_SIZE, MAX_LR, MAX_SEED, MAX_STEPS, MIN_INPUT_SIZE
 from head2toe.provider import FeatureProvider
 from head2toe.tasks import Task, get_task
