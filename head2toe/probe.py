@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from head2toe.errors import ProbeDiverged
+
 PENALTIES = ("none", "l1", "l2", "group")
 INITS = ("glorot", "zeros")  # glorot: the reference's Keras Dense (Glorot-uniform kernel, zero bias)
 ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the reference trains
@@ -167,6 +169,11 @@ def _train_group(
                 step_lr = lr.view(1, k, 1) if p is w else lr.view(k, 1)
                 p.sub_(step_lr * mhat / (vhat.sqrt() + eps))
     w, b = w.detach(), b.detach()
+    for i, c in enumerate(configs):  # a diverged head is a failure, never a chance-level "result"
+        final = last_loss[i] + _penalty(w[:, i : i + 1], [c.penalty], coefs[i : i + 1])
+        if not (torch.isfinite(final) and torch.isfinite(w[:, i]).all() and torch.isfinite(b[i]).all()):
+            raise ProbeDiverged(f"probe diverged (final loss {float(final):g}, non-finite loss or weights) with lr={c.lr} "
+                                f"steps={c.steps} penalty={c.penalty} coef={c.coef}; lower lr or coef")
     return [Probe(w[:, i, :].contiguous(), b[i].clone(), float(last_loss[i])) for i in range(k)]
 
 

@@ -14,7 +14,11 @@ from head2toe.evaluate import fixed_or_grid, run_protocol
 from head2toe.grids import DEFAULT_GRIDS
 from head2toe.methods import IMAGE_METHODS, METHODS, is_image_method
 from head2toe.image_methods.data import AUGMENT_POLICIES
-from jobs.common import add_backbone_args, add_data_args, build_backbone, build_provider, emit_json, fraction, load_task, non_negative, positive
+from head2toe.limits import MAX_BATCH
+from head2toe.provider import feature_key
+from jobs.common import (add_backbone_args, add_data_args, build_backbone, build_cache, build_provider, emit_json, fraction,
+                         in_range, learning_rate, load_task, non_negative, positive, seed, step_count)
+from jobs.preflight import check_device, require_writable_or_cached
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -22,19 +26,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="head2toe", help=f"one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
     add_backbone_args(p)
     add_data_args(p)
-    p.add_argument("--lr", type=positive(float, "--lr"))
-    p.add_argument("--steps", type=positive(int, "--steps"))
+    p.add_argument("--lr", type=learning_rate)
+    p.add_argument("--steps", type=step_count)
     p.add_argument("--coef", type=non_negative)
     p.add_argument("--target-size", type=positive(int, "--target-size"))
     p.add_argument("--keep-fraction", type=fraction)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--fold", type=int, choices=range(5), metavar="K", help="validate on CV fold K (0-4)")
     where.add_argument("--test", action="store_true", help="final run on test (the default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     img = p.add_argument_group("image-level methods (finetune, scratch, head2toe_ft)")
-    img.add_argument("--train-batch", type=positive(int, "--train-batch"), default=512, help="effective batch per SGD step")
-    img.add_argument("--micro-batch", type=positive(int, "--micro-batch"), help="images per forward (gradient accumulation); default: whole batch on CUDA, 32 on CPU")
+    img.add_argument("--train-batch", type=in_range(int, "--train-batch", 1, MAX_BATCH), default=512, help="effective batch per SGD step")
+    img.add_argument("--micro-batch", type=in_range(int, "--micro-batch", 1, MAX_BATCH), help="images per forward (gradient accumulation); default: whole batch on CUDA, 32 on CPU")
     img.add_argument("--augment", choices=["auto", *AUGMENT_POLICIES], default="auto", help="auto: the task's policy")
     img.add_argument("--checkpoint-dir", help="checkpoint here every 500 steps; a rerun with the same dir resumes")
 
@@ -45,14 +49,19 @@ def main(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise H2TError(f"unknown method {args.method!r}; choose one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
     method = METHODS[args.method]
+    check_device(args.device)
     task = load_task(args)
     try:
         grid = fixed_or_grid(method, DEFAULT_GRIDS[method.name], lr=args.lr, steps=args.steps, coef=args.coef,
                              target_size=args.target_size, keep_fractions=args.keep_fraction)
     except ValueError as e:
         raise H2TError(str(e)) from None
-    backbone = build_backbone(args)
-    provider = build_provider(args, backbone, progress=not args.json)
+    backbone = build_backbone(args)  # an unknown name is refused before the cache folder is made
+    cache = build_cache(args)
+    splits = ["train"] if args.fold is not None else ["train", "test"]
+    require_writable_or_cached(cache, [feature_key(task, s, backbone, t, cache.dtype) for t in sorted({h.target_size for h in grid})
+                                       for s in splits])
+    provider = build_provider(args, backbone, progress=not args.json, cache=cache)
     out = run_protocol(provider, task, method, grid, seed=args.seed, fold=args.fold)
     if args.json:
         emit_json({k: v for k, v in out.items() if k not in ("cv_results", "results")})
@@ -78,6 +87,7 @@ def run_image(args: argparse.Namespace) -> int:
     """finetune / scratch / head2toe_ft: CV over the small image grid (or the fixed flags), then test."""
     from head2toe.image_methods import DEFAULT_IMAGE_GRIDS, TrainConfig, expand_image_grid, run_image_protocol
 
+    check_device(args.device)
     task = load_task(args)
     default = DEFAULT_IMAGE_GRIDS[args.method]
     fixed = {"lr": args.lr, "steps": args.steps, "coef": args.coef, "target_size": args.target_size, "keep_fraction": args.keep_fraction}

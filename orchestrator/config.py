@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from head2toe.errors import H2TError
+from head2toe.limits import MAX_LR, MAX_SEED, MAX_STEPS, lr_ok, seed_ok, steps_ok
 from head2toe.methods import IMAGE_METHODS, METHODS, HParams
 
 IMAGE_METHOD_NAMES = tuple(IMAGE_METHODS)
@@ -67,12 +68,20 @@ class MethodGrid(_Strict):
     @field_validator("lr")
     @classmethod
     def _lr(cls, v):
-        bad = [x for x in v if not x > 0]
+        bad = [x for x in v if not lr_ok(x)]
         if bad:
-            raise ValueError(f"learning rates must be > 0, got {bad}")
+            raise ValueError(f"learning rates must be > 0 and <= {MAX_LR:g}, got {bad}")
         return v
 
-    @field_validator("steps", "target_size")
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v):
+        bad = [x for x in v if not steps_ok(x)]
+        if bad:
+            raise ValueError(f"must be positive integers <= {MAX_STEPS}, got {bad}")
+        return v
+
+    @field_validator("target_size")
     @classmethod
     def _positive_int(cls, v):
         bad = [x for x in v if x <= 0]
@@ -191,6 +200,14 @@ class SweepConfig(_Strict):
                 get_task(t)
         return v
 
+    @field_validator("seeds", "cv_seeds")
+    @classmethod
+    def _seeds(cls, v):
+        bad = [x for x in v if not seed_ok(x)]
+        if bad:
+            raise ValueError(f"seeds must lie in 0..{MAX_SEED}, got {bad}")
+        return v
+
     @field_validator("folds")
     @classmethod
     def _folds(cls, v):
@@ -266,13 +283,29 @@ def _first_error(e: ValidationError) -> str:
     return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable; SafeLoader reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicated key {key!r} (first at line {seen[key] + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, **overrides: Any) -> SweepConfig:
     """Parse and validate a sweep YAML; any problem is one H2TError line naming the field."""
     path = Path(path)
     if not path.is_file():
         raise H2TError(f"config file {str(path)!r} not found; see configs/ for examples")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -31,6 +31,13 @@ def backbone_id(bb: BackboneConfig) -> str:
     return hashlib.sha256(json.dumps(bb.identity(), sort_keys=True).encode()).hexdigest()[:10]
 
 
+def sweep_splits(cfg: SweepConfig) -> tuple[str, ...]:
+    """Splits the sweep reads from the cache: train (final fits), each task's CV split, and
+    test unless it streams."""
+    cv = [get_task(t).cv_split for t in cfg.tasks]
+    return tuple(dict.fromkeys(["train", *cv, *(["test"] if cfg.test_features == "cache" else [])]))
+
+
 def sweep_keys(cfg: SweepConfig, splits: tuple[str, ...]) -> dict[EntryKey, str]:
     """Cache key of every entry the sweep's trials read (one backbone built per config, for
     its identity and layer names; its weights are not run)."""

@@ -38,7 +38,7 @@ from head2toe.protocol import choose_best  # noqa: E402
 from head2toe.tasks import get_task  # noqa: E402
 from orchestrator.config import SweepConfig  # noqa: E402
 from orchestrator.extraction import extract_for_sweep  # noqa: E402
-from orchestrator.features import backbone_id, check_entry, sweep_keys  # noqa: E402
+from orchestrator.features import backbone_id, check_entry, sweep_keys, sweep_splits  # noqa: E402
 from orchestrator.plan import TrialSpec, cv_specs, final_specs, image_cv_specs  # noqa: E402
 from orchestrator.tracking import Tracker  # noqa: E402
 from orchestrator.image_trial import image_trial  # noqa: E402
@@ -69,13 +69,6 @@ def init_ray(address: str | None) -> None:
 
 def default_tracking_uri(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
-
-
-def _splits(cfg: SweepConfig) -> tuple[str, ...]:
-    """Splits the sweep reads from the cache: train (final fits), each task's CV split, and
-    test unless it streams."""
-    cv = [get_task(t).cv_split for t in cfg.tasks]
-    return tuple(dict.fromkeys(["train", *cv, *(["test"] if cfg.test_features == "cache" else [])]))
 
 
 def _trials(cfg: SweepConfig, specs: list[TrialSpec], keys: dict, extra: dict[str, dict]) -> list[dict]:
@@ -234,7 +227,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
     try:
         todo_cv = [s for s in (x.without(finished) for x in [*cv_specs(cfg), *image_cv_specs(cfg)]) if s is not None]
         stage = tracker.stage_run(sweep_id, parent, "extract")
-        splits = _splits(cfg)
+        splits = sweep_splits(cfg)
         extraction = extract_for_sweep(cfg, splits)  # Ray tasks (GPU when the cluster has them) fill the cache
         keys = sweep_keys(cfg, splits)
         check_train_entries(cfg, keys)

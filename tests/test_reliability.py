@@ -92,6 +92,24 @@ def test_out_of_memory_trial_fails_clearly_and_the_sweep_goes_on(local_ray, cach
     assert sweep_run.info.status == "FAILED"  # a sweep with a failed trial says so
 
 
+def test_a_diverged_probe_fails_its_trial_by_name(local_ray, cache_uri, tmp_path, capsys):
+    """A group-lasso coefficient that overflows the loss: the trial fails as ProbeDiverged (its
+    config in the h2t.error tag), never a FINISHED run with chance accuracy; the rest go on."""
+    from orchestrator.sweep import run_sweep
+
+    cfg = load_config(write_config(tmp_path / "diverge.yaml", seeds=[0], folds=[0], max_failures=0, cache=cache_uri,
+                                   methods={"linear": LINEAR, "all_group": {**LINEAR, "coef": [1.0e38]}}))
+    res = run_sweep(cfg, tmp_path / "out")
+    assert res.counts["cv"] == {"trials": 2, "errors": 1} and res.counts["final"] == {"trials": 1, "errors": 0}
+    all_runs = [r for r in runs(res.tracking_uri) if r.data.tags.get("h2t.kind") == "trial"]
+    by = Counter((r.data.params["method"], r.data.tags["h2t.stage"], r.info.status) for r in all_runs)
+    assert by == Counter({("linear", "cv", "FINISHED"): 1, ("linear", "final", "FINISHED"): 1, ("all_group", "cv", "FAILED"): 1})
+    (failed,) = [r for r in all_runs if r.info.status == "FAILED"]
+    assert failed.data.tags[ERROR_TAG].startswith("head2toe.errors.ProbeDiverged: probe diverged")
+    assert "lr=0.1 steps=300 penalty=group coef=1e+38" in failed.data.tags[ERROR_TAG] and not failed.data.metrics
+    assert "ProbeDiverged" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage,fragment", [("nan", "features of layer 'blocks.0.0' hold NaN/Inf"), ("labels", "labels out of range")],
                          ids=["nan", "labels"])
 def test_sweep_refuses_bad_features_before_any_trial(local_ray, tmp_path, damage, fragment):
