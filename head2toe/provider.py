@@ -18,8 +18,8 @@ import numpy as np
 from head2toe.backbones import Backbone
 from head2toe.cache.format import FORMAT_VERSION
 from head2toe.cache.keys import feature_key
-from head2toe.cache.plan import describe
-from head2toe.extract import extract_features, iter_features, layer_widths_of
+from head2toe.cache.plan import describe, layer_widths
+from head2toe.extract import extract_features, iter_features
 from head2toe.features import LayerFeatures
 from head2toe.tasks.base import Task
 
@@ -83,7 +83,7 @@ class FeatureProvider:
     def _stream(self, task: Task, split: str, data, missing: list[int], keys: dict[int, str], desc) -> None:
         """One pass over `data`, each batch appended to one store writer per target size."""
         with contextlib.ExitStack() as stack:
-            writers = {t: stack.enter_context(self.store.writer(keys[t], layer_widths_of(self.backbone, t),
+            writers = {t: stack.enter_context(self.store.writer(keys[t], layer_widths(self.backbone, t),
                                                                 self.describe(task, split, t), rows=len(data)))
                        for t in missing}
             for batch in iter_features(self.backbone, data, missing, batch_size=self.batch_size, dtype=np.dtype(self.dtype),

@@ -187,6 +187,9 @@ def test_same_cache_through_s3(s3_uri, tiny, faces, caplog):
     got = warm.get(faces, "test", [64], layers=["pre_logits", "logits"])[64]
     assert warm.forward_passes == 0 and got.layer_names == ["pre_logits", "logits"]
     assert np.array_equal(got.layers["logits"], want.layers["logits"])
+    key = feature_key(faces, "test", tiny, 64)
+    streamed = [c.layers["logits"] for c in open_cache(uri).iter_rows(key, ["logits"])]  # Arrow's row-group reads
+    assert np.array_equal(np.concatenate(streamed), want.layers["logits"]) and open_cache(uri).entry_files(key) == [f"{key}.parquet"]
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="h2t")["Contents"] if not o["Key"].endswith("/")]  # no temp objects
     assert keys == [f"features/{feature_key(faces, 'test', tiny, 64)}.parquet"], keys

@@ -24,13 +24,15 @@ FORMAT_VERSION = 2  # also in every cache key (head2toe.cache.keys): a new forma
 META_KEY = b"h2t"
 RESERVED = ("index", "label")
 DTYPES = ("float16", "float32")
-ROW_GROUP_BYTES = 128 << 20  # per row group, chosen from benchmarks/bench_cache.py --row-groups (docs/cache.md)
+# Per row group. `load` of a one-group file is zero-copy (a memory map); more groups cost one
+# concatenation. `iter_rows` and the extraction writer hold one group (per target size). 512 MiB
+# keeps a VTAB-1k train split one group at moderate widths while bounding both (docs/cache.md).
+ROW_GROUP_BYTES = 512 << 20
 ROW_OVERHEAD = 16  # index + label, int64 each
 
-# One PLAIN, uncompressed data page per column chunk: a layer's bytes then sit contiguously
-# in the file, so a local reader can map them instead of decoding (see `column_span`).
-WRITE_OPTIONS = dict(compression="none", use_dictionary=False, write_statistics=False, store_schema=True,
-                     data_page_size=1 << 30, max_rows_per_page=(1 << 31) - 1)
+# Files hold one PLAIN, uncompressed data page per column chunk (head2toe.cache.parquet): a
+# layer's bytes then sit contiguously in the file, so a local reader can map them instead of
+# decoding (see `column_span`).
 MAX_PAGE_HEADER = 64  # bytes; a data page header without statistics is ~25
 
 
@@ -55,23 +57,9 @@ def check_layers(widths: dict[str, int], dtype: str) -> None:
         raise ValueError(f"layer names {clash} clash with the reserved columns {RESERVED}")
 
 
-def schema(widths: dict[str, int], dtype: str) -> pa.Schema:
-    item = np.dtype(dtype).itemsize
-    fields = [pa.field(name, pa.binary(w * item), nullable=False) for name, w in widths.items()]
-    return pa.schema([*fields, pa.field("index", pa.int64(), nullable=False), pa.field("label", pa.int64(), nullable=False)])
-
-
-def group_table(sch: pa.Schema, blocks: dict[str, np.ndarray], index: np.ndarray, labels: np.ndarray) -> tuple[pa.Table, dict]:
-    """One row group as an Arrow table (zero-copy over the given contiguous blocks) and its digests."""
-    n = len(labels)
-    columns, sums = [], {}
-    for name, block in blocks.items():
-        columns.append(pa.FixedSizeBinaryArray.from_buffers(sch.field(name).type, n, [None, pa.py_buffer(block)]))
-        sums[name] = digest(block)
-    for name, a in (("index", index), ("label", labels)):
-        columns.append(pa.array(a))
-        sums[name] = digest(a)
-    return pa.Table.from_arrays(columns, schema=sch), {"rows": n, "columns": sums}
+def group_digests(blocks: dict[str, np.ndarray]) -> dict:
+    """The footer's record of one row group: its rows and a digest per column."""
+    return {"rows": len(next(iter(blocks.values()))), "columns": {name: digest(a) for name, a in blocks.items()}}
 
 
 def footer_doc(key: str, widths: dict[str, int], dtype: str, meta: dict, row_start: int, groups: list[dict],
@@ -84,8 +72,8 @@ def footer_doc(key: str, widths: dict[str, int], dtype: str, meta: dict, row_sta
     return json.dumps(doc, default=str).encode()
 
 
-def rows_per_group(row_bytes: int) -> int:
-    return max(1, ROW_GROUP_BYTES // max(1, row_bytes))
+def rows_per_group(row_bytes: int, group_bytes: int | None = None) -> int:
+    return max(1, (group_bytes or ROW_GROUP_BYTES) // max(1, row_bytes))
 
 
 def read_doc(md, arrow_schema: pa.Schema, key: str) -> dict:

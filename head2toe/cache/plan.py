@@ -50,16 +50,19 @@ def file_bytes(rows: int, features: int, dtype: str) -> int:
     return rows * (features * np.dtype(dtype).itemsize + ROW_OVERHEAD)
 
 
-def plan_split(cache: FeatureCache, backbone: Backbone, task: Task, split: str, target_sizes: list[int]) -> list[CacheItem]:
-    """One item per target size; `cached` means a valid file is there, every digest checked
-    (reading is far cheaper than the forward pass a bad file would cost later)."""
+def plan_split(cache: FeatureCache, backbone: Backbone, task: Task, split: str, target_sizes: list[int],
+               verify_data: bool = True) -> list[CacheItem]:
+    """One item per target size; `cached` means a valid entry is there: every digest checked
+    (streamed, one row group at a time), or with verify_data=False its footers only (a sweep's
+    driver: at paper scale re-reading the cache would take hours; trials check digests where
+    they read)."""
     rows = task.split_sizes()[split]
     items = []
     for t in target_sizes:
         key = feature_key(task, split, backbone, t, cache.dtype)
         n_feat = sum(layer_widths(backbone, t).values())
         items.append(CacheItem(task.name, split, backbone.name, t, key, rows, n_feat, file_bytes(rows, n_feat, cache.dtype),
-                               cache.contains(key)))
+                               cache.contains(key, verify_data=verify_data)))
     return items
 
 

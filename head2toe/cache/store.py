@@ -29,9 +29,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from head2toe.cache.format import (
-    FORMAT_VERSION, META_KEY, ROW_OVERHEAD, WRITE_OPTIONS, InvalidFile, check_group, check_layers, column_span, footer_doc,
-    group_table, little_endian, mapped_group, read_doc, rows_per_group, schema, table_group, to_features,
+    FORMAT_VERSION, META_KEY, ROW_OVERHEAD, InvalidFile, check_group, check_layers, column_span, footer_doc, group_digests,
+    little_endian, mapped_group, read_doc, rows_per_group, table_group, to_features,
 )
+from head2toe.cache.parquet import CacheParquetWriter
 from head2toe.errors import H2TError
 from head2toe.features import LayerFeatures
 
@@ -60,18 +61,20 @@ class EntryWriter:
         self.cache, self.key, self.final, self.widths, self.meta = cache, key, final, dict(widths), meta
         self.row_start, self.part = row_start, part
         self.dtype = np.dtype(cache.dtype).newbyteorder("<")
-        self.schema = schema(self.widths, cache.dtype)
-        self.group_rows = rows_per_group(sum(self.widths.values()) * self.dtype.itemsize + ROW_OVERHEAD)
+        self.group_rows = rows_per_group(sum(self.widths.values()) * self.dtype.itemsize + ROW_OVERHEAD, cache.row_group_bytes)
         self.buffer_rows = min(self.group_rows, rows) if rows else self.group_rows
         self.buffers: dict[str, np.ndarray] | None = None
         self.labels = np.empty(0, "<i8")
         self.fill = 0
+        self.pending: tuple[dict[str, np.ndarray], np.ndarray] | None = None
         self.rows = 0
         self.groups: list[dict] = []
         name = final.rsplit("/", 1)[-1]
         self.tmp = f"{cache.root}/.tmp-{name}-{uuid.uuid4().hex}{SUFFIX}"
-        self.sink = cache.fs.open_output_stream(self.tmp)
-        self.writer = pq.ParquetWriter(self.sink, self.schema, **WRITE_OPTIONS)
+        # a local file is written unbuffered from the numpy buffers (see head2toe.cache.parquet)
+        self.sink = open(self.tmp, "wb", buffering=0) if cache.local else cache.fs.open_output_stream(self.tmp)
+        self.writer = CacheParquetWriter(self.sink, [*((k, w * self.dtype.itemsize) for k, w in self.widths.items()),
+                                                     ("index", None), ("label", None)])
 
     def write(self, features: LayerFeatures) -> None:
         """Append rows (every layer of the entry, in row order)."""
@@ -79,46 +82,59 @@ class EntryWriter:
             raise ValueError(f"rows hold layers {sorted(features.layers)}, the entry has {sorted(self.widths)}")
         blocks = {name: little_endian(features.layers[name].astype(self.dtype, copy=False)) for name in self.widths}
         labels = np.asarray(features.labels).astype("<i8", copy=False)
+        if self.pending is not None:  # more rows came after all: the kept tail joins the buffer
+            self._append(*self.pending)
+            self.pending = None
         n, at = len(labels), 0
         while at < n:
             take = min(n - at, self.group_rows - self.fill)
+            part = {k: b[at : at + take] for k, b in blocks.items()}, labels[at : at + take]
             if self.fill == 0 and take == self.group_rows:  # a whole group straight from the caller's block, no copy
-                self._write_group({k: b[at : at + take] for k, b in blocks.items()}, labels[at : at + take])
+                self._write_group(*part)
+            elif self.fill == 0 and at + take == n:  # a tail: kept as is, written uncopied if nothing follows
+                self.pending = part
             else:
-                if self.buffers is None:
-                    self.buffers = {k: np.empty((self.buffer_rows, w), self.dtype) for k, w in self.widths.items()}
-                    self.labels = np.empty(self.buffer_rows, "<i8")
-                if self.fill + take > len(self.labels):  # the row hint was low: grow to a whole group
-                    self.buffers = {k: np.concatenate([b[: self.fill], np.empty((self.group_rows - self.fill, b.shape[1]), b.dtype)])
-                                    for k, b in self.buffers.items()}
-                    self.labels = np.concatenate([self.labels[: self.fill], np.empty(self.group_rows - self.fill, "<i8")])
-                for k, b in blocks.items():
-                    self.buffers[k][self.fill : self.fill + take] = b[at : at + take]
-                self.labels[self.fill : self.fill + take] = labels[at : at + take]
-                self.fill += take
-                if self.fill == self.group_rows:
-                    self._flush()
+                self._append(*part)
             at += take
 
+    def _append(self, blocks: dict[str, np.ndarray], labels: np.ndarray) -> None:
+        """Copy rows into the row-group buffer (never past a whole group); write it when full."""
+        take = len(labels)
+        if self.buffers is None:
+            self.buffers = {k: np.empty((self.buffer_rows, w), self.dtype) for k, w in self.widths.items()}
+            self.labels = np.empty(self.buffer_rows, "<i8")
+        if self.fill + take > len(self.labels):  # the row hint was low: grow to a whole group
+            self.buffers = {k: np.concatenate([b[: self.fill], np.empty((self.group_rows - self.fill, b.shape[1]), b.dtype)])
+                            for k, b in self.buffers.items()}
+            self.labels = np.concatenate([self.labels[: self.fill], np.empty(self.group_rows - self.fill, "<i8")])
+        for k, b in blocks.items():
+            self.buffers[k][self.fill : self.fill + take] = b
+        self.labels[self.fill : self.fill + take] = labels
+        self.fill += take
+        if self.fill == self.group_rows:
+            self._flush()
+
     def _flush(self) -> None:
+        if self.pending is not None:
+            self._write_group(*self.pending)
+            self.pending = None
         if self.fill:
             self._write_group({k: b[: self.fill] for k, b in self.buffers.items()}, self.labels[: self.fill])
             self.fill = 0
 
     def _write_group(self, blocks: dict[str, np.ndarray], labels: np.ndarray) -> None:
         index = np.arange(self.row_start + self.rows, self.row_start + self.rows + len(labels), dtype="<i8")
-        table, sums = group_table(self.schema, blocks, index, labels)
-        self.writer.write_table(table, row_group_size=len(labels))
-        self.groups.append(sums)
+        columns = {**blocks, "index": index, "label": labels}
+        self.groups.append(group_digests(columns))
+        self.writer.write_row_group(list(columns.values()))
         self.rows += len(labels)
 
     def close(self) -> None:
         """Write the last row group and the footer, then publish the file under its final name."""
         try:
             self._flush()
-            self.writer.add_key_value_metadata(
-                {META_KEY: footer_doc(self.key, self.widths, self.cache.dtype, self.meta, self.row_start, self.groups, self.part)})
-            self.writer.close()
+            self.writer.close({META_KEY: footer_doc(self.key, self.widths, self.cache.dtype, self.meta, self.row_start,
+                                                    self.groups, self.part)})
             self.sink.close()
             self.cache.fs.move(self.tmp, self.final)
         except BaseException:
@@ -127,11 +143,10 @@ class EntryWriter:
 
     def abort(self) -> None:
         """Drop the temporary file (nothing becomes visible)."""
-        for close in (self.writer.close, self.sink.close):
-            try:
-                close()
-            except (pa.ArrowException, OSError, ValueError):
-                pass
+        try:
+            self.sink.close()
+        except (pa.ArrowException, OSError, ValueError):
+            pass
         try:
             self.cache.fs.delete_file(self.tmp)
         except (pa.ArrowException, OSError):
@@ -150,9 +165,10 @@ class EntryWriter:
 class FeatureCache:
     """A `FeatureStore` (see head2toe.provider) backed by Parquet files (one or more per key)."""
 
-    def __init__(self, uri: str | None = None, dtype: str = "float16"):
+    def __init__(self, uri: str | None = None, dtype: str = "float16", row_group_bytes: int | None = None):
         self.uri = uri or default_cache_uri()
         self.dtype = dtype
+        self.row_group_bytes = row_group_bytes  # None: head2toe.cache.format.ROW_GROUP_BYTES
         self.rejected: list[tuple[str, str]] = []  # (path, reason) of files refused
         self.fs, self.root = _resolve(self.uri)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -217,7 +233,10 @@ class FeatureCache:
 
         Memory: one row group. Raises FileNotFoundError when the entry is absent and
         InvalidFile (message: the file, then the reason) on bad data."""
-        files, entry = self._entry(key)
+        try:
+            files, entry = self._entry(key)
+        except InvalidFile as e:
+            raise InvalidFile(f"{self.manifest_path(key)}: {e}") from None
         for i, path in enumerate(files):
             try:
                 with self._open(path, mapped=False) as f:
@@ -389,7 +408,8 @@ class FeatureCache:
         doc = read_doc(pf.metadata, pf.schema_arrow, key)
         if entry is not None:
             p = entry["parts"][index]
-            if doc.get("part", {}) is None or doc["part"]["index"] != index or doc["row_start"] != p["row_start"] or doc["n_rows"] != p["rows"]:
+            part = doc.get("part") or {}
+            if part.get("index") != index or doc["row_start"] != p["row_start"] or doc["n_rows"] != p["rows"]:
                 raise InvalidFile(f"holds part {doc.get('part')} of rows {doc['row_start']}+{doc['n_rows']}, "
                                   f"the manifest lists part {index} of rows {p['row_start']}+{p['rows']}")
         return doc
@@ -478,6 +498,7 @@ def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
-def open_cache(uri: str | None = None, dtype: str = "float16") -> FeatureCache:
-    """The cache at `uri` (default $H2T_CACHE, else ~/.cache/h2t/features)."""
-    return FeatureCache(uri, dtype=dtype)
+def open_cache(uri: str | None = None, dtype: str = "float16", row_group_bytes: int | None = None) -> FeatureCache:
+    """The cache at `uri` (default $H2T_CACHE, else ~/.cache/h2t/features); `row_group_bytes`
+    sets what its writers put in one row group (default ROW_GROUP_BYTES)."""
+    return FeatureCache(uri, dtype=dtype, row_group_bytes=row_group_bytes)
