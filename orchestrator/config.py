@@ -270,7 +270,7 @@ class SweepConfig(_Strict):
     def sweep_id(self) -> str:
         """Stable id of what this sweep computes (not where it logs): resuming finds its runs."""
         body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures",
-                                             "test_features"})  # storage mode: same results
+                                             "test_features", "extract_shard_bytes"})  # how features are stored: same results
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 
