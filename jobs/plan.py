@@ -42,7 +42,7 @@ def render(plan: CapacityPlan) -> str:
     cv, fin = plan.trials["cv"], plan.trials["final"]
     out += ["", "Trials per stage", _table([
         ["CV", cv["feature_trials"], cv["feature_runs"], cv["image_trials"]],
-        ["final", fin["feature_trials"], fin["feature_trials"], fin["image_trials"]]],
+        ["final", fin["feature_trials"], fin["feature_runs"], fin["image_trials"]]],
         ["stage", "probe trials", "probe runs (hps)", "image trials"])]
     out += ["", "Backbone forward passes", _table([[k, f"{v:,}"] for k, v in plan.forward_passes.items()], ["what", "images"])]
     by = {}

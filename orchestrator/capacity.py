@@ -132,7 +132,9 @@ def backbone_shape(bb: BackboneConfig, target_sizes: list[int]) -> BackboneShape
 
 @dataclass(frozen=True)
 class ProbeTrial:
-    """The planned memory of one probe trial (a CV trial, or a final trial at its grid's largest point)."""
+    """The planned memory of one probe trial: a CV trial, or the final trial of a task x backbone
+    at the fit of one final run (its grid's costliest point) while the heads already fitted for the
+    others wait for the test pass (`held`)."""
 
     stage: str
     task: str
@@ -147,6 +149,7 @@ class ProbeTrial:
     keep_fractions: tuple[float, ...]
     gpu: dict[str, int]  # breakdown of the peak on the trial's GPU share (empty on CPU)
     host: dict[str, int]  # breakdown of the peak in host memory
+    held: int = 0  # final trials: bytes of the other final runs' fitted heads
 
     @property
     def peak(self) -> int:
@@ -278,7 +281,7 @@ class _Planner:
                 for t, bb, ts in self.needs for split in ("train", "test") for s in ts]
 
     def probe(self, stage: str, task: str, bb: BackboneConfig, method: str, size: int, heads: int, steps: int,
-              keep_fractions: tuple[float, ...]) -> ProbeTrial:
+              keep_fractions: tuple[float, ...], held: int = 0) -> ProbeTrial:
         from head2toe.protocol import cv_folds
 
         rows, classes = self.rows[task]["train"], self.tasks[task].num_classes
@@ -286,27 +289,51 @@ class _Planner:
         test_group = min(ROW_GROUP_BYTES, file_bytes(self.rows[task]["test"], feats, CACHE_DTYPE)) if stage == "final" else 0
         fold_rows = len(cv_folds(rows)[0][0]) if stage == "cv" else rows
         parts = probe_memory(rows, fold_rows, feats, classes, heads, keep_fractions, test_group, self.a)
+        if held:
+            parts["fitted heads of the other final runs (float32)"] = held
         base = {"Python + torch + Ray worker": self.a.worker_base_bytes}
-        if self.res.trial.gpu:  # on a GPU the probe state lives there; the host stages the float32 features once
+        if stage == "final" and self.cfg.test_features == "stream":  # the trial also runs the backbone over the test images
+            parts.update(self.extraction_compute(bb))
+        if self.grant(stage).gpu:  # on a GPU the probe state lives there; the host stages the float32 features once
             gpu, host = parts, {**base, "features staged for the copy to the GPU (float32)": rows * feats * F32}
         else:
             gpu, host = {}, {**base, **parts}
-        return ProbeTrial(stage, task, bb.name, method, size, heads, rows, feats, classes, steps, keep_fractions, gpu, host)
+        return ProbeTrial(stage, task, bb.name, method, size, heads, rows, feats, classes, steps, keep_fractions, gpu, host, held)
+
+    def head_bytes(self, task: str, bb: BackboneConfig, method: str, size: int, keep_fractions: tuple[float, ...]) -> int:
+        """One fitted final head kept for the test pass: F x C float32 (the kept columns' head for a
+        selection method, at its largest keep fraction)."""
+        feats = (self.shapes[bb].pre_logits if METHODS[method].layers == "pre_logits" else self.shapes[bb].widths)[size]
+        width = math.ceil(feats * max(keep_fractions)) if keep_fractions else feats
+        return width * self.tasks[task].num_classes * F32
 
     def probe_trials(self) -> tuple[list[ProbeTrial], list[ProbeTrial]]:
-        """CV trials as orchestrator.plan.cv_specs makes them; finals (one head each) at the costliest
-        point of each method's grid, since CV has not chosen theirs yet."""
+        """CV trials as orchestrator.plan.cv_specs makes them; the fits of each final trial (one per
+        task x backbone, fitting every method x seed, then scoring all heads in one test pass), each
+        at the costliest point of its method's grid, since CV has not chosen theirs yet."""
         cv = [self.probe("cv", s.task, s.backbone, s.method, s.target_size, len(s.hps), max(h.steps for h in s.hps),
                          tuple(sorted({f for h in s.hps for f in h.keep_fractions}))) for s in cv_specs(self.cfg)]
-        final = [self.probe("final", t, bb, m, max(g.target_size), 1, max(g.steps), (max(g.keep_fractions),) if g.keep_fractions else ())
-                 for t in self.cfg.tasks for bb in self.cfg.backbones for m, g in self.cfg.feature_grids().items() for _ in self.cfg.seeds]
+        final = []
+        for t in self.cfg.tasks:
+            for bb in self.cfg.backbones:
+                runs = [(m, max(g.target_size), max(g.steps), (max(g.keep_fractions),) if g.keep_fractions else ())
+                        for m, g in self.cfg.feature_grids().items() for _ in self.cfg.seeds]
+                heads = [self.head_bytes(t, bb, m, size, kf) for m, size, _, kf in runs]
+                final += [self.probe("final", t, bb, m, size, 1, steps, kf, held=sum(heads) - own)
+                          for (m, size, steps, kf), own in zip(runs, heads)]
         return cv, final
 
-    def probe_refusals(self, trials: list[ProbeTrial]) -> list[Refusal]:
-        """Probe trials over their grant. The grant a fix names is enough for every probe trial of
-        the sweep (so one edit clears them all); a smaller target size is named per method."""
+    def grant(self, stage: str) -> Resources:
+        """What a probe trial of `stage` asks for."""
+        return self.cfg.final_resources() if stage == "final" else self.res.trial
+
+    def probe_refusals(self, trials: list[ProbeTrial], stage: str) -> list[Refusal]:
+        """Probe trials of one stage over their grant. The grant a fix names is enough for every
+        probe trial of that stage (so one edit clears them all); a smaller target size is named per method."""
         out = []
-        for where, granted in _grants(self.res.trial, self.gpu_memory):
+        # final trials inherit `trial` unless `final_trial` is given: the fix names what the user would edit
+        res_name = "resources.final_trial" if stage == "final" and self.res.final_trial is not None else "resources.trial"
+        for where, granted in _grants(self.grant(stage), self.gpu_memory):
             over = [(t, sum(getattr(t, where).values())) for t in trials if sum(getattr(t, where).values()) > granted]
             if not over:
                 continue
@@ -318,8 +345,8 @@ class _Planner:
                     if one_head <= granted:
                         fixes.append(f"batch_hparams: false (1 head per trial: at most {human_bytes(one_head)})")
                     elif where == "gpu" and one_head <= self.gpu_memory:
-                        fixes.append(f"batch_hparams: false with resources.trial.gpu >= {_share(one_head, self.gpu_memory)}")
-                fixes.append(_raise_fix(where, widest, "resources.trial", self.gpu_memory))
+                        fixes.append(f"batch_hparams: false with {res_name}.gpu >= {_share(one_head, self.gpu_memory)}")
+                fixes.append(_raise_fix(where, widest, res_name, self.gpu_memory))
                 smaller = [s for s in self.cfg.feature_grids()[t.method].target_size
                            if s < t.target_size and self._need(t, where, s, t.heads) <= granted]
                 if smaller:
@@ -332,7 +359,7 @@ class _Planner:
         if (size, heads) == (t.target_size, t.heads):
             return sum(getattr(t, where).values())
         bb = next(b for b in self.cfg.backbones if b.name == t.backbone)
-        return sum(getattr(self.probe(t.stage, t.task, bb, t.method, size, heads, t.steps, t.keep_fractions), where).values())
+        return sum(getattr(self.probe(t.stage, t.task, bb, t.method, size, heads, t.steps, t.keep_fractions, t.held), where).values())
 
     def extraction(self, bb: BackboneConfig) -> dict[str, dict[str, int]]:
         """One extraction task: the backbone, one batch in and its taps, a few pooled batches, one
@@ -340,14 +367,19 @@ class _Planner:
         sh, res = self.shapes[bb], self.res.extract
         pooled = sh.batch_size * sum(sh.widths.values())
         rows = max((self.rows[t][s] for t, b, _ in self.needs if b == bb for s in ("train", "test")), default=0)
-        compute = {"parameters (float32)": sh.params * F32, "one input batch (float32)": sh.batch_size * 3 * sh.input_size ** 2 * F32,
-                   f"one batch of tap activations ({'bf16' if res.gpu else 'float32'})": sh.batch_size * sh.tap_elements * (2 if res.gpu else F32),
-                   "pooled batch (float32)": pooled * F32}
+        compute = self.extraction_compute(bb)
         host = {"Python + torch + Ray worker": self.a.worker_base_bytes,
                 f"pooled outputs of {self.a.batches_in_flight} batches (float16)": self.a.batches_in_flight * pooled * 2,
                 f"one row group per target size (ROW_GROUP_BYTES = {human_bytes(ROW_GROUP_BYTES)} at most)":
                     sum(min(ROW_GROUP_BYTES, file_bytes(rows, sh.widths[s], CACHE_DTYPE)) for s in self.sizes)}
         return {"gpu": compute, "host": host} if res.gpu else {"host": {**host, **compute}}
+
+    def extraction_compute(self, bb: BackboneConfig) -> dict[str, int]:
+        """The backbone and one batch through it (on the GPU when extraction has one)."""
+        sh, on_gpu = self.shapes[bb], self.res.extract.gpu > 0
+        return {"parameters (float32)": sh.params * F32, "one input batch (float32)": sh.batch_size * 3 * sh.input_size ** 2 * F32,
+                f"one batch of tap activations ({'bf16' if on_gpu else 'float32'})": sh.batch_size * sh.tap_elements * (2 if on_gpu else F32),
+                "pooled batch (float32)": sh.batch_size * sum(sh.widths.values()) * F32}
 
     def image_trial(self, bb: BackboneConfig) -> dict[str, dict[str, int]]:
         """One fine-tuning trial: weights, gradients and momentum, the activations a micro-batch saves
@@ -380,13 +412,14 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
     image_cv = image_cv_specs(cfg)
     image_finals = [(t, bb, max(pt.steps for pt in pts)) for t in cfg.tasks for bb in cfg.backbones for pts in image.values() for _ in cfg.seeds]
     trials = {"cv": {"feature_trials": len(cv), "feature_runs": sum(t.heads for t in cv), "image_trials": len(image_cv)},
-              "final": {"feature_trials": len(finals), "image_trials": len(image_finals)}}
+              "final": {"feature_trials": len({(t.task, t.backbone) for t in finals}), "feature_runs": len(finals),
+                        "image_trials": len(image_finals)}}
 
     big = max(p.shapes.values(), key=lambda s: s.params)
     memory: dict[str, dict[str, dict[str, int]]] = {"driver": {"host": {
         "Python + Ray + MLflow client": a.driver_base_bytes, f"largest backbone's parameters ({big.name}, float32)": big.params * F32}}}
     granted: dict[str, dict[str, int]] = {}
-    refused = p.probe_refusals(cv + finals)
+    refused = p.probe_refusals(cv, "cv") + p.probe_refusals(finals, "final")
     if p.sizes:
         for bb, sh in p.shapes.items():
             memory[f"extraction worker ({bb.name})"] = m = p.extraction(bb)
@@ -396,7 +429,7 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
     largest = max(cv + finals, key=lambda t: t.peak, default=None)
     if largest is not None:
         memory["largest probe trial"] = {k: v for k, v in (("gpu", largest.gpu), ("host", largest.host)) if v}
-        granted["largest probe trial"] = dict(_grants(cfg.resources.trial, p.gpu_memory))
+        granted["largest probe trial"] = dict(_grants(p.grant(largest.stage), p.gpu_memory))
         memory["node page cache (shared by the node's trials)"] = {"host": {
             "largest cached train split (float16, memory-mapped once per node)": max(r["bytes"] for r in storage if r["split"] == "train")}}
     if image:
@@ -423,13 +456,13 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
                + sum(steps * tc.batch_size for *_, steps in image_finals)}
     refused.sort(key=lambda r: r.planned - r.granted, reverse=True)
     return CapacityPlan(cfg.name, list(p.shapes.values()), p.sizes, trials, forward, storage, memory, granted, largest, gpu_hours, refused,
-                        getattr(cfg, "test_features", None), a)
+                        cfg.test_features, a)
 
 
 def check_fits(cfg: SweepConfig, plan: CapacityPlan | None = None) -> None:
     """Raise H2TError (one line: the worst process, planned vs granted, the fix) when any process
     of `cfg` plans more memory than it asks for. Free when nothing asks for GPU or host memory."""
-    kinds = (cfg.resources.trial, cfg.resources.extract, cfg.resources.image_trial)
+    kinds = (cfg.resources.trial, cfg.final_resources(), cfg.resources.extract, cfg.resources.image_trial)
     if plan is None and not any(r.gpu or r.memory for r in kinds):
         return
     plan = plan or plan_capacity(cfg)

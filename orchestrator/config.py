@@ -150,6 +150,9 @@ class ResourcePlan(_Strict):
     fractional `gpu` share is measured against by `h2t plan` and `h2t sweep`'s pre-Ray check."""
 
     trial: Resources = Resources()
+    # The final trial of a task x backbone fits every final run, holds all their heads and scores
+    # them in one pass over the test rows, so it may need more than a CV trial; default: `trial`.
+    final_trial: Resources | None = None
     extract: Resources = Resources(cpu=1)
     image_trial: Resources = Resources(cpu=2, gpu=0)
     gpu_memory: int = 80 << 30
@@ -259,6 +262,16 @@ class SweepConfig(_Strict):
 
         return {n: expand_image_grid(n, {k: v if isinstance(v, list) else [v] for k, v in g.items()})
                 for n, g in self.methods.items() if n in IMAGE_METHOD_NAMES}
+
+    def final_resources(self) -> Resources:
+        """What a feature-method final trial asks for: `resources.final_trial` (else `trial`), and
+        with `test_features: stream` at least what extraction asks for (it runs the backbone too)."""
+        r = self.resources.final_trial or self.resources.trial
+        if self.test_features != "stream":
+            return r
+        e = self.resources.extract
+        memory = max(r.memory or 0, e.memory or 0) or None
+        return Resources(cpu=max(r.cpu, e.cpu), gpu=max(r.gpu, e.gpu), memory=memory)
 
     def target_sizes(self) -> list[int]:
         return sorted({t for g in self.feature_grids().values() for t in g.target_size})

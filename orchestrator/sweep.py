@@ -94,10 +94,9 @@ def _trials(cfg: SweepConfig, specs: list[TrialSpec], keys: dict, extra: dict[st
 
 
 def _resources(cfg: SweepConfig, trial: dict) -> dict[str, float]:
-    if "specs" in trial and cfg.test_features == "stream":  # probes and a backbone pass over test
-        t, e = cfg.resources.trial, cfg.resources.extract
-        return {"cpu": max(t.cpu, e.cpu), "gpu": max(t.gpu, e.gpu)}
-    return (cfg.resources.trial if "specs" in trial or trial["spec"].hps else cfg.resources.image_trial).as_tune()
+    if "specs" in trial:  # the final trial of a task x backbone
+        return cfg.final_resources().as_tune()
+    return (cfg.resources.trial if trial["spec"].hps else cfg.resources.image_trial).as_tune()
 
 
 def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep_id: str, stage_run: str,

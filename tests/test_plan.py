@@ -78,7 +78,8 @@ def test_trial_counts_equal_orchestrator_plan(path, batch):
     cv, finals = cv_specs(cfg), final_specs(cfg, _best(cfg))
     assert plan.trials["cv"] == {"feature_trials": len(cv), "feature_runs": sum(len(s.hps) for s in cv),
                                  "image_trials": len(image_cv_specs(cfg))}
-    assert plan.trials["final"] == {"feature_trials": sum(1 for s in finals if s.hps), "image_trials": sum(1 for s in finals if not s.hps)}
+    assert plan.trials["final"] == {"feature_trials": len({(s.task, s.backbone) for s in finals if s.hps}),  # one per task x backbone
+                                    "feature_runs": sum(1 for s in finals if s.hps), "image_trials": sum(1 for s in finals if not s.hps)}
     assert plan.trials["cv"]["feature_trials"] > 0 and plan.trials["final"]["feature_trials"] > 0
 
 
@@ -171,3 +172,21 @@ def test_paper_configs_plan(name):
     assert {"driver", "largest probe trial"} <= set(plan["memory"]) and any(k.startswith("extraction worker") for k in plan["memory"])
     assert plan["gpu_hours"]["total"] > 0 and plan["assumptions"]["probe_tflops"] > 0
     assert elapsed < 60
+
+
+def test_final_trial_holds_every_final_head_and_has_its_own_grant():
+    """One final trial per task x backbone fits every method x seed and keeps their heads for one
+    pass over the test rows: each extra seed adds its heads (F x C float32) to that trial's peak."""
+    grid = {"all_l2": {"lr": [0.1], "steps": [10], "coef": [1e-4], "target_size": [8192]}}
+    one, three = (plan_capacity(config(tasks=["faces"], methods=grid, seeds=s)) for s in ([0], [0, 1, 2]))
+    assert three.trials["final"] == {"feature_trials": 1, "feature_runs": 3, "image_trials": 0}
+    f = one.backbones[0].widths[8192]
+    assert one.largest_probe.held == 0 and three.largest_probe.stage == "final"
+    assert three.largest_probe.held == 2 * f * get_task("faces").num_classes * 4
+    fits_one = one.largest_probe.peak  # every CV trial and a final trial that holds one head
+    tight = {"trial": {"memory": fits_one}, "final_trial": {"memory": fits_one}}
+    with pytest.raises(H2TError, match=r"final trial task=faces .*resources\.final_trial\.memory >= ") as refused:
+        check_fits(config(tasks=["faces"], methods=grid, seeds=[0, 1, 2], resources=tight))
+    suggested = re.search(r"resources\.final_trial\.memory >= (\S+)$", str(refused.value)).group(1)
+    check_fits(config(tasks=["faces"], methods=grid, seeds=[0, 1, 2],
+                      resources={**tight, "final_trial": {"memory": suggested}}))  # CV trials keep their grant
