@@ -85,15 +85,16 @@ def shard_killer(folder: Path) -> Iterator[list[int]]:
     def watch() -> None:
         me = psutil.Process()
         while not stop.is_set() and not killed:
-            if any(p.name.startswith(".tmp-") and p.stat().st_size > 1000 for p in folder.iterdir() if p.is_file()):
-                for proc in me.children(recursive=True):
-                    try:
-                        if proc.cmdline() and proc.cmdline()[0].startswith("ray::_extract_job"):
-                            os.kill(proc.pid, signal.SIGKILL)
-                            killed.append(proc.pid)
-                            break
-                    except (psutil.Error, FileNotFoundError):
-                        continue
+            writing = {str(p) for p in folder.iterdir() if p.name.startswith(".tmp-") and p.is_file() and p.stat().st_size > 1000}
+            for proc in me.children(recursive=True) if writing else []:
+                try:  # the worker that holds a half-written part open, not just any extraction worker
+                    if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::_extract_job") and \
+                            writing & {f.path for f in proc.open_files()}:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
+                        break
+                except (psutil.Error, FileNotFoundError):
+                    continue
             time.sleep(0.01)
 
     thread = threading.Thread(target=watch, daemon=True)

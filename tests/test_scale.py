@@ -166,6 +166,8 @@ def test_multi_node_sweep_copies_once_per_node_and_survives_a_removed_node(s3_ca
 
     from orchestrator.sweep import run_sweep
 
+    if ray.is_initialized():  # an earlier sweep in this process left its local Ray running
+        ray.shutdown()
     nodes_dir = tmp_path / "nodes"
     monkeypatch.setenv("H2T_NODE_CACHE", str(nodes_dir))
     fast_failure = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
