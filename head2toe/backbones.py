@@ -24,6 +24,7 @@ from head2toe.pooling import POOLING
 from head2toe.preprocess import RESIZE
 
 PRE_LOGITS, LOGITS = "pre_logits", "logits"
+COMPOSITE_SEP, QUALIFIER = "+", "/"  # "efficientnet_lite0+efficientnet_lite2", "efficientnet_lite0/blocks.3.0"
 WEIGHTS_CHOICES = ("pretrained", "random")
 TAP_SETS = ("reference", "activations")
 
@@ -285,7 +286,35 @@ def _generic_spec(name: str) -> BackboneSpec:
 
 
 def get_spec(name: str) -> BackboneSpec:
+    if COMPOSITE_SEP in name:
+        raise H2TError(f"{name!r} is a composite backbone; it has no single spec (its members: {composite_members(name)})")
     return BACKBONES[name] if name in BACKBONES else _generic_spec(name)
+
+
+def composite_members(name: str) -> list[str]:
+    """The members of a composite backbone name "a+b" ([name] for a single backbone), each a
+    known backbone, distinct: a composite is a union of its members' cached features, never a
+    model of its own (docs/multi_backbone.md)."""
+    members = name.split(COMPOSITE_SEP)
+    if len(members) == 1:
+        return members
+    if any(not m.strip() or m != m.strip() for m in members) or len(set(members)) != len(members):
+        raise H2TError(f"bad composite backbone {name!r}: write distinct member names joined by '+', "
+                       "e.g. efficientnet_lite0+efficientnet_lite2")
+    for m in members:
+        get_spec(m)  # an unknown member is named here
+    return members
+
+
+def qualify(member: str, layer: str) -> str:
+    """A composite's layer name: the member backbone, '/', the member's own layer name."""
+    return f"{member}{QUALIFIER}{layer}"
+
+
+def split_qualified(layer: str) -> tuple[str, str]:
+    """(member, layer) of a qualified layer name; ("", layer) for a single backbone's layer."""
+    member, sep, rest = layer.partition(QUALIFIER)
+    return (member, rest) if sep else ("", layer)
 
 
 @dataclass
