@@ -1,0 +1,104 @@
+"""Composite backbones ("a+b"): the union of the members' layers, each read from that
+member's own cache entry under its own key, qualified names, every feature method, and
+where the kept features came from. Random-init Lite0 and Lite2 at 32 px on `faces`
+(100 train / 100 test images)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from head2toe.backbones import composite_members, create_backbone, split_qualified
+from head2toe.cache import FeatureCache
+from head2toe.errors import H2TError
+from head2toe.methods import METHODS
+from head2toe.provider import FeatureProvider, UnionProvider, feature_key
+from head2toe.tasks import get_task
+
+L0, L2 = "efficientnet_lite0", "efficientnet_lite2"
+PAIR = f"{L0}+{L2}"
+
+
+@pytest.fixture(scope="module")
+def members():
+    return [create_backbone(n, weights="random", input_size=32) for n in (L0, L2)]
+
+
+@pytest.mark.parametrize("name,match", [
+    (f"{L0}+{L0}", "bad composite backbone"), (f"{L0}+", "bad composite backbone"), (f"{L0}+ {L2}", "bad composite"),
+    (f"{L0}+nope", "unknown backbone 'nope'"),
+])
+def test_bad_composite_names_are_refused(name, match):
+    with pytest.raises(H2TError, match=match):
+        composite_members(name)
+
+
+def test_composite_names_parse_and_have_no_spec_of_their_own():
+    assert composite_members(PAIR) == [L0, L2] and composite_members(L0) == [L0]
+    assert split_qualified(f"{L0}/blocks.3.0") == (L0, "blocks.3.0") and split_qualified("head") == ("", "head")
+    with pytest.raises(H2TError, match="is a composite backbone"):
+        create_backbone(PAIR, weights="random")
+
+
+def test_union_reads_each_members_own_entry_and_extracts_only_the_missing_member(tmp_path, members):
+    task = get_task("faces")
+    cache = FeatureCache(str(tmp_path))
+    alone = FeatureProvider(members[0], store=cache, progress=False)
+    single = alone.get(task, "train", [64])[64]
+    assert alone.forward_passes == 100
+    union = UnionProvider([FeatureProvider(b, store=cache, progress=False) for b in members])
+    feats = union.get(task, "train", [64])[64]
+    assert union.forward_passes == 100  # Lite2 only: Lite0's entry was read, not re-extracted
+    assert union.keys(task, "train", 64, cache.dtype) == [feature_key(task, "train", b, 64, cache.dtype) for b in members]
+    assert all(cache.contains(k) for k in union.keys(task, "train", 64, cache.dtype))
+    assert feats.layer_names == [f"{b.name}/{n}" for b in members for n in b.layer_names]
+    for n in single.layer_names:
+        assert np.array_equal(feats.layers[f"{L0}/{n}"], single.layers[n])
+    assert np.array_equal(feats.labels, single.labels)
+    again = UnionProvider([FeatureProvider(b, store=cache, progress=False) for b in members])
+    part = again.get(task, "train", [64], layers=[f"{L2}/head", f"{L0}/pre_logits"])[64]
+    assert again.forward_passes == 0 and part.layer_names == [f"{L0}/pre_logits", f"{L2}/head"]
+    with pytest.raises(KeyError, match="names no member"):
+        again.get(task, "train", [64], layers=["pre_logits"])
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache for the CLI tests: the first extracts both members, the others read them."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _run(tmp_path, capsys, backbone: str, method: str) -> dict:
+    from jobs.cli import main
+
+    args = ["run", "--task", "faces", "--backbone", backbone, "--weights", "random", "--input-size", "32", "--method", method,
+            "--lr", "0.1", "--steps", "20", "--coef", "1e-4", "--target-size", "64", "--cache", str(tmp_path), "--device", "cpu",
+            "--json"]
+    if METHODS[method].needs_keep_fractions:
+        args += ["--keep-fraction", "0.2"]
+    assert main(args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_feature_method_runs_on_a_composite_and_says_where_kept_features_came_from(shared_cache, capsys, method):
+    out = _run(shared_cache, capsys, PAIR, method)
+    assert out["backbone"] == PAIR and out["members"] == [L0, L2]
+    cands, kept = out["candidates_per_backbone"], out["kept_per_backbone"]
+    assert sum(cands.values()) == out["n_features_total"] and sum(kept.values()) == out["n_features_kept"]
+    assert abs(sum(out["kept_share_per_backbone"].values()) - 1) < 1e-3
+    if method == "linear":  # the rule: every member's pre_logits, concatenated
+        assert cands == {L0: 1280, L2: 1280}
+    if METHODS[method].selection is not None:
+        assert all(split_qualified(layer)[0] in (L0, L2) for layer in out["kept_per_layer"])
+        assert 0 < out["n_features_kept"] < out["n_features_total"]
+    single = _run(shared_cache, capsys, L2, method)  # reads the member entry the composite run wrote
+    assert single["forward_passes"] == 0 and single["n_features_total"] == cands[L2]
+
+
+def test_image_methods_refuse_a_composite(capsys):
+    from jobs.cli import main
+
+    assert main(["run", "--task", "faces", "--backbone", PAIR, "--method", "finetune", "--weights", "random"]) == 2
+    assert "composite backbones work with the feature methods" in capsys.readouterr().err
