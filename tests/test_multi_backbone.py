@@ -102,3 +102,63 @@ def test_image_methods_refuse_a_composite(capsys):
 
     assert main(["run", "--task", "faces", "--backbone", PAIR, "--method", "finetune", "--weights", "random"]) == 2
     assert "composite backbones work with the feature methods" in capsys.readouterr().err
+
+
+# --- sweeps: a composite config entry, its members' extraction and keys, the trial-side readers ---
+
+def _sweep(tmp_path, test_features: str = "cache"):
+    from orchestrator.config import SweepConfig
+
+    return SweepConfig(name="multi", tasks=["faces"], test_features=test_features, cache=str(tmp_path),
+                       backbones=[{"name": L0, "weights": "random", "input_size": 32},
+                                  {"name": PAIR, "weights": "random", "input_size": 32}],
+                       methods={"linear": {"lr": [0.1], "steps": [10], "target_size": [64]},
+                                "head2toe": {"lr": [0.1], "steps": [10], "coef": [1e-4], "target_size": [64],
+                                             "keep_fractions": [0.2]}})
+
+
+def test_config_entry_expands_to_its_members_for_extraction_and_keys(tmp_path, members):
+    from pydantic import ValidationError
+
+    from orchestrator.config import SweepConfig
+    from orchestrator.features import backbone_id, composite_key, sweep_keys
+    from orchestrator.plan import extraction_needs
+
+    cfg = _sweep(tmp_path)
+    assert [bb.name for _, bb, _ in extraction_needs(cfg)] == [L0, L2]  # Lite0 once, shared with the single entry
+    keys = sweep_keys(cfg, ("train", "test"))
+    pair, (l0, l2) = cfg.backbones[1], cfg.backbones[1].members()
+    task = get_task("faces")
+    for split in ("train", "test"):
+        want = {b.name: feature_key(task, split, b, 64) for b in members}
+        assert keys[("faces", backbone_id(l0), split, 64)] == want[L0] and keys[("faces", backbone_id(l2), split, 64)] == want[L2]
+        assert keys[("faces", backbone_id(pair), split, 64)] == composite_key(want)
+    with pytest.raises(ValidationError, match="bad composite backbone"):
+        SweepConfig(name="x", tasks=["faces"], backbones=[f"{L0}+{L0}"], methods={"linear": {"lr": [0.1], "steps": [1]}})
+
+
+def test_trial_readers_zip_member_entries_row_by_row(tmp_path, members, monkeypatch):
+    from orchestrator.features import check_entry, composite_key, iter_entry, load_train, release_train, stream_features
+
+    task = get_task("faces")
+    cache = FeatureCache(str(tmp_path))
+    FeatureProvider(members[0], store=cache, progress=False).get(task, "test", [64])
+    monkeypatch.setattr("head2toe.cache.format.ROW_GROUP_BYTES", 20_000)  # Lite2's entry: other row-group bounds
+    FeatureProvider(members[1], store=cache, progress=False).get(task, "test", [64])
+    singles = {b.name: cache.load(feature_key(task, "test", b, 64, cache.dtype)) for b in members}
+    key = composite_key({b.name: feature_key(task, "test", b, 64, cache.dtype) for b in members})
+    chunks = list(iter_entry(str(tmp_path), key, None, task.num_classes))
+    assert len(chunks) > 1 and sum(len(c) for c in chunks) == 100 == check_entry(str(tmp_path), key, task.num_classes)
+    x = load_train(str(tmp_path), key, None, task.num_classes)
+    assert list(x.widths) == [f"{m}/{n}" for m, f in singles.items() for n in f.layer_names]
+    for m, f in singles.items():
+        for n, block in f.layers.items():
+            assert np.array_equal(np.concatenate([c.layers[f"{m}/{n}"] for c in chunks]), block)
+    linear = load_train(str(tmp_path), key, ["pre_logits"], task.num_classes)  # Linear's read: every member's pre_logits
+    assert linear.widths == {f"{L0}/pre_logits": 1280, f"{L2}/pre_logits": 1280}
+    release_train()
+    bb = _sweep(tmp_path, "stream").backbones[1]  # stream-mode final trials: each member runs on the same batches
+    streamed = list(stream_features(bb, task.load("test"), {64: ["pre_logits", f"{L2}/head"]}, "cpu"))
+    got = {n: np.concatenate([b[64].layers[n] for b in streamed]) for n in streamed[0][64].layer_names}
+    assert list(got) == [f"{L0}/pre_logits", f"{L2}/pre_logits", f"{L2}/head"]
+    assert np.allclose(got[f"{L2}/head"].astype(np.float32), singles[L2].layers["head"].astype(np.float32), atol=1e-2)
