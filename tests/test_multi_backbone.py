@@ -11,6 +11,7 @@ import pytest
 
 from head2toe.backbones import composite_members, create_backbone, split_qualified
 from head2toe.cache import FeatureCache
+from head2toe.cache.plan import layer_widths
 from head2toe.errors import H2TError
 from head2toe.methods import METHODS
 from head2toe.provider import FeatureProvider, UnionProvider, feature_key
@@ -162,3 +163,21 @@ def test_trial_readers_zip_member_entries_row_by_row(tmp_path, members, monkeypa
     got = {n: np.concatenate([b[64].layers[n] for b in streamed]) for n in streamed[0][64].layer_names}
     assert list(got) == [f"{L0}/pre_logits", f"{L2}/pre_logits", f"{L2}/head"]
     assert np.allclose(got[f"{L2}/head"].astype(np.float32), singles[L2].layers["head"].astype(np.float32), atol=1e-2)
+
+
+def test_plan_counts_a_composite_as_its_members(tmp_path):
+    from orchestrator.capacity import ASSUMPTIONS, plan_capacity
+
+    cfg = _sweep(tmp_path, "stream")
+    plan = plan_capacity(cfg)
+    shapes = {s.name: s for s in plan.backbones}
+    assert set(shapes) == {L0, L2, PAIR}
+    real = {n: create_backbone(n, weights="random", input_size=32) for n in (L0, L2)}
+    assert shapes[PAIR].widths[64] == sum(shapes[n].widths[64] for n in (L0, L2)) == sum(
+        sum(layer_widths(b, 64).values()) for b in real.values())
+    assert shapes[PAIR].pre_logits[64] == 2560 and shapes[PAIR].params == shapes[L0].params + shapes[L2].params
+    workers = [k for k in plan.memory if k.startswith("extraction worker")]
+    assert workers == [f"extraction worker ({L0})", f"extraction worker ({L2})"]
+    test_rows = get_task("faces").split_sizes()["test"]  # stream: Lite0's entry runs Lite0, the composite Lite0 and Lite2
+    want = (2 * test_rows / ASSUMPTIONS.extract_rate(L0) + test_rows / ASSUMPTIONS.extract_rate(L2)) / 3600
+    assert plan.gpu_hours["extraction, test splits (final stage with test_features: stream)"] == pytest.approx(want)
