@@ -181,3 +181,21 @@ def test_plan_counts_a_composite_as_its_members(tmp_path):
     test_rows = get_task("faces").split_sizes()["test"]  # stream: Lite0's entry runs Lite0, the composite Lite0 and Lite2
     want = (2 * test_rows / ASSUMPTIONS.extract_rate(L0) + test_rows / ASSUMPTIONS.extract_rate(L2)) / 3600
     assert plan.gpu_hours["extraction, test splits (final stage with test_features: stream)"] == pytest.approx(want)
+
+
+def test_report_table_gives_each_members_share_of_a_composites_kept_features():
+    import pandas as pd
+
+    from analysis.multi_backbone import backbone_table, member_share
+
+    sel = {"layers": {f"{L0}/head": [1, 2, 3], f"{L2}/head": [0], f"{L2}/logits": [4, 5, 6, 7]}, "widths": {}}
+    assert member_share(sel) == {L0: 3 / 8, L2: 5 / 8}
+    base = {"stage": "final", "method": "head2toe", "seed": 0, "target_size": 512}
+    runs = pd.DataFrame([{**base, "run_id": "a", "task": "faces", "backbone": L0, "test_accuracy": 0.9,
+                          "n_features_total": 100, "n_features_kept": 5},
+                         {**base, "run_id": "b", "task": "faces", "backbone": PAIR, "test_accuracy": 0.95,
+                          "n_features_total": 300, "n_features_kept": 8}])
+    table = backbone_table(runs, {"b": sel}).set_index("backbone")
+    assert table.loc[PAIR, "kept_share"] == f"{L0} 37.5%, {L2} 62.5%" and table.loc[L0, "kept_share"] == ""
+    assert table.loc[PAIR, "test_accuracy"] == pytest.approx(95.0) and table.loc[PAIR, "candidates"] == 300
+    assert backbone_table(runs[runs["backbone"] == L0], {}).empty  # no composite: no section
