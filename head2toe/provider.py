@@ -15,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from head2toe.backbones import Backbone
+from head2toe.backbones import Backbone, COMPOSITE_SEP, qualify, split_qualified
+from head2toe.errors import H2TError
 from head2toe.cache.format import FORMAT_VERSION
 from head2toe.cache.keys import feature_key
 from head2toe.cache.plan import describe, layer_widths
@@ -23,7 +24,7 @@ from head2toe.extract import extract_features, iter_features
 from head2toe.features import LayerFeatures
 from head2toe.tasks.base import Task
 
-__all__ = ["FORMAT_VERSION", "FeatureProvider", "FeatureStore", "feature_key"]
+__all__ = ["FORMAT_VERSION", "BackboneUnion", "FeatureProvider", "FeatureStore", "UnionProvider", "feature_key"]
 
 
 class FeatureStore(Protocol):
@@ -94,3 +95,60 @@ class FeatureProvider:
     def describe(self, task: Task, split: str, target_size: int) -> dict:
         """Metadata recorded beside stored features."""
         return describe(self.backbone, task, split, target_size)
+
+
+class BackboneUnion:
+    """What a composite backbone is to a caller of `UnionProvider`: its name ("a+b") and its
+    members. It runs nothing itself; each member extracts (or reads) its own cache entries."""
+
+    def __init__(self, members: list[Backbone]):
+        self.members = members
+        self.name = COMPOSITE_SEP.join(b.name for b in members)
+
+    def __repr__(self) -> str:
+        return f"BackboneUnion({self.name!r})"
+
+
+class UnionProvider:
+    """Features of a composite backbone: the union of its members' layers, each member's
+    read from (or extracted into) that member's OWN cache entries, under the same keys a
+    single-backbone run uses, so a cached member is never re-extracted. Layer names are
+    qualified by member (`efficientnet_lite0/blocks.3.0`). Blocks are not copied: the union
+    holds each member's (memory-mapped) blocks side by side."""
+
+    def __init__(self, members: list[FeatureProvider]):
+        self.providers = {p.backbone.name: p for p in members}
+        self.backbone = BackboneUnion([p.backbone for p in members])
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(p.forward_passes for p in self.providers.values())
+
+    def get(self, task: Task, split: str, target_sizes: list[int], layers: list[str] | None = None) -> dict[int, LayerFeatures]:
+        wanted: dict[str, list[str] | None] = {m: None for m in self.providers}
+        if layers is not None:
+            wanted = {m: [] for m in self.providers}
+            for name in layers:
+                member, layer = split_qualified(name)
+                if member not in wanted:
+                    raise KeyError(f"layer {name!r} names no member of {self.backbone.name}; qualify it as member/layer")
+                wanted[member].append(layer)
+        parts = {m: self.providers[m].get(task, split, target_sizes, names) for m, names in wanted.items() if names != []}
+        out = {}
+        for t in target_sizes:
+            first = next(iter(parts))
+            labels = parts[first][t].labels
+            merged: dict[str, np.ndarray] = {}
+            for m, feats in parts.items():
+                if not np.array_equal(feats[t].labels, labels):
+                    raise H2TError(f"{task.name}/{split}: {m}'s cached rows do not align with {first}'s (labels differ); "
+                                   "delete one member's entry to re-extract it")
+                merged.update({qualify(m, k): v for k, v in feats[t].layers.items()})
+            meta = {"task": task.name, "split": split, "target_size": t, "backbone": self.backbone.name,
+                    "key": ",".join(str(parts[m][t].meta.get("key", "")) for m in parts)}
+            out[t] = LayerFeatures(merged, labels, meta)
+        return out
+
+    def keys(self, task: Task, split: str, target_size: int, dtype: str) -> list[str]:
+        """The members' cache keys of one split (a composite has no key of its own)."""
+        return [feature_key(task, split, p.backbone, target_size, dtype) for p in self.providers.values()]

@@ -130,6 +130,18 @@ def backbone_shape(bb: BackboneConfig, target_sizes: list[int]) -> BackboneShape
     )
 
 
+def composite_shape(bb: BackboneConfig, members: list[BackboneShape]) -> BackboneShape:
+    """A composite backbone as its trials see it: the members' candidate features side by side,
+    and (a stream-mode final trial builds every member) their parameters and taps summed."""
+    sizes = members[0].widths
+    return BackboneShape(
+        bb.name, max(m.input_size for m in members), bb.batch_size, sum(m.params for m in members),
+        sum(m.layers for m in members), sum(m.tap_elements for m in members),
+        {t: sum(m.widths[t] for m in members) for t in sizes}, {t: sum(m.pre_logits[t] for m in members) for t in sizes},
+        sum(m.saved_f32 for m in members),
+    )
+
+
 @dataclass(frozen=True)
 class ProbeTrial:
     """The planned memory of one probe trial: a CV trial, or the final trial of a task x backbone
@@ -270,7 +282,10 @@ class _Planner:
         self.cfg, self.a = cfg, a
         self.needs = extraction_needs(cfg)
         self.sizes = self.needs[0][2] if self.needs else []
-        self.shapes = {bb: backbone_shape(bb, self.sizes or [512]) for bb in cfg.backbones}
+        singles = list(dict.fromkeys(m for bb in cfg.backbones for m in bb.members()))
+        self.shapes = {bb: backbone_shape(bb, self.sizes or [512]) for bb in singles}
+        for bb in (b for b in cfg.backbones if b.is_composite):
+            self.shapes[bb] = composite_shape(bb, [self.shapes[m] for m in bb.members()])
         self.tasks = {t: get_task(t) for t in cfg.tasks}
         self.rows = {t: task.split_sizes() for t, task in self.tasks.items()}
         self.res, self.gpu_memory = cfg.resources, cfg.resources.gpu_memory
@@ -421,7 +436,7 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
     granted: dict[str, dict[str, int]] = {}
     refused = p.probe_refusals(cv, "cv") + p.probe_refusals(finals, "final")
     if p.sizes:
-        for bb, sh in p.shapes.items():
+        for bb, sh in ((b, sh) for b, sh in p.shapes.items() if not b.is_composite):  # a composite extracts as its members
             memory[f"extraction worker ({bb.name})"] = m = p.extraction(bb)
             granted[f"extraction worker ({bb.name})"] = dict(_grants(cfg.resources.extract, p.gpu_memory))
             refused += p.refusals_of(f"extraction task backbone={bb.name} batch_size={sh.batch_size}", m, cfg.resources.extract,
@@ -443,7 +458,11 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
     images = {t: p.rows[t]["train"] + p.rows[t]["test"] for t in cfg.tasks}
     gpu_hours = {
         "extraction, train splits": sum(p.rows[t]["train"] / a.extract_rate(bb.name) for t, bb, _ in p.needs) / 3600,
-        "extraction, test splits (final stage with test_features: stream)": sum(p.rows[t]["test"] / a.extract_rate(bb.name) for t, bb, _ in p.needs) / 3600,
+        # with test_features: stream each backbone entry's final trial runs its backbone (a composite: each member) on test
+        "extraction, test splits (final stage with test_features: stream)": sum(
+            p.rows[t]["test"] / a.extract_rate(m.name) for t, m in (
+                [(t, m) for t in cfg.tasks for bb in cfg.backbones for m in bb.members()] if cfg.test_features == "stream"
+                else [(t, bb) for t, bb, _ in p.needs])) / 3600,
         "probe trials, CV": sum(t.flops() for t in cv) / tflop,
         "probe trials, final (each grid's costliest point)": sum(t.flops() for t in finals) / tflop,
         "image trials, CV": sum(dict(s.image_hp)["steps"] * tc.batch_size / a.train_rate(s.backbone.name) for s in image_cv) / 3600,

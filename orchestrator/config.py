@@ -43,14 +43,42 @@ class BackboneConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from head2toe.backbones import BACKBONES
+        from head2toe.backbones import BACKBONES, COMPOSITE_SEP, composite_members
+        from head2toe.errors import H2TError
 
+        if COMPOSITE_SEP in v:  # "a+b": a composite backbone (docs/multi_backbone.md)
+            try:
+                composite_members(v)
+            except H2TError as e:
+                raise ValueError(str(e)) from None
+            return v
         if v not in BACKBONES:
             import timm
 
             if not timm.is_model(v):
                 raise ValueError(f"unknown backbone {v!r}; use one of {', '.join(BACKBONES)} or a timm model name")
         return v
+
+    @model_validator(mode="after")
+    def _composite_checkpoint(self) -> "BackboneConfig":
+        if self.is_composite and self.checkpoint:
+            raise ValueError(f"composite backbone {self.name!r} takes no checkpoint: list its members on their own for that")
+        return self
+
+    @property
+    def is_composite(self) -> bool:
+        from head2toe.backbones import COMPOSITE_SEP
+
+        return COMPOSITE_SEP in self.name
+
+    def members(self) -> list["BackboneConfig"]:
+        """The single backbones whose cache entries a composite reads ([self] for a single one):
+        same weights, input size and batch size, so their keys are those of single-backbone runs."""
+        if not self.is_composite:
+            return [self]
+        from head2toe.backbones import composite_members
+
+        return [self.model_copy(update={"name": m}) for m in composite_members(self.name)]
 
     def identity(self) -> dict:
         return {"name": self.name, "weights": self.weights, "input_size": self.input_size, "checkpoint": self.checkpoint}

