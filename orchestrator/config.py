@@ -80,8 +80,16 @@ class BackboneConfig(_Strict):
 
         return [self.model_copy(update={"name": m}) for m in composite_members(self.name)]
 
+    def timm_id(self) -> str:
+        """The pinned timm tag (members' tags joined by '+' for a composite): what the name means
+        today, so a re-pinned tag gives new trial keys and shows in MLflow."""
+        from head2toe.backbones import get_spec
+
+        return COMPOSITE_SEP.join(get_spec(m.name).timm_id for m in self.members())
+
     def identity(self) -> dict:
-        return {"name": self.name, "weights": self.weights, "input_size": self.input_size, "checkpoint": self.checkpoint}
+        return {"name": self.name, "timm_id": self.timm_id(), "weights": self.weights, "input_size": self.input_size,
+                "checkpoint": self.checkpoint}
 
 
 class MethodGrid(_Strict):

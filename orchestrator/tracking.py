@@ -261,7 +261,7 @@ class Tracker:
     # the server is away and journalled when it stays away.
     def open_trial_ops(self, spec: TrialSpec, key: str, hp_params: dict, sweep_id: str, parent: str, task_group: str) -> list[dict]:
         params = {
-            "task": spec.task, "task_group": task_group, "backbone": spec.backbone.name, "method": spec.method,
+            "task": spec.task, "task_group": task_group, "backbone": spec.backbone.name, "backbone_timm_id": spec.backbone.timm_id(), "method": spec.method,
             "seed": spec.seed, "fold": FINAL_FOLD if spec.fold is None else spec.fold, "stage": spec.stage, **hp_params,
         }
         h = uuid.uuid4().hex

@@ -34,6 +34,7 @@ def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path):
             assert by_id[stage.data.tags["mlflow.parentRunId"]].data.tags["h2t.kind"] == "sweep"
             assert {"task", "task_group", "backbone", "method", "seed", "fold", "stage", "lr", "steps", "coef", "target_size"} <= set(params)
             assert params["task"] == "faces" and params["backbone"] == "efficientnet_lite0"
+            assert params["backbone_timm_id"] == "tf_efficientnet_lite0"  # the pinned tag the name resolved to
             assert len(tags["h2t.trial_key"]) == 20 and tags["h2t.git_commit"]
             metrics = r.data.metrics
             if tags["h2t.stage"] == "cv":
