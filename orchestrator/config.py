@@ -83,7 +83,7 @@ class BackboneConfig(_Strict):
     def timm_id(self) -> str:
         """The pinned timm tag (members' tags joined by '+' for a composite): what the name means
         today, so a re-pinned tag gives new trial keys and shows in MLflow."""
-        from head2toe.backbones import get_spec
+        from head2toe.backbones import COMPOSITE_SEP, get_spec
 
         return COMPOSITE_SEP.join(get_spec(m.name).timm_id for m in self.members())
 

@@ -2,16 +2,9 @@
 split), none when cached; a shard killed mid-write leaves no entry, and a rerun redoes only it."""
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -19,6 +12,7 @@ import torch
 from head2toe.cache import open_cache
 from orchestrator.config import BackboneConfig
 from orchestrator.extraction import ExtractionJob, run_extraction
+from sweep_helpers import worker_killer
 
 
 def test_one_ray_task_per_split_then_nothing_when_cached(local_ray, tmp_path):
@@ -76,34 +70,14 @@ def test_large_split_extracts_in_shards_bit_identical_to_in_memory(local_ray, tm
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
-@contextmanager
-def shard_killer(folder: Path) -> Iterator[list[int]]:
-    """SIGKILL the first Ray worker running an extraction task once it has a part file half
-    written (a temporary file with a row group in it): a pre-empted node mid-write."""
-    stop, killed = threading.Event(), []
+def shard_killer(folder: Path):
+    """SIGKILL the Ray worker that holds a half-written part file open (a temporary file with a
+    row group in it), not just any extraction worker: a pre-empted node mid-write."""
+    def writing() -> set[str]:
+        return {str(p) for p in folder.iterdir() if p.name.startswith(".tmp-") and p.is_file() and p.stat().st_size > 1000}
 
-    def watch() -> None:
-        me = psutil.Process()
-        while not stop.is_set() and not killed:
-            writing = {str(p) for p in folder.iterdir() if p.name.startswith(".tmp-") and p.is_file() and p.stat().st_size > 1000}
-            for proc in me.children(recursive=True) if writing else []:
-                try:  # the worker that holds a half-written part open, not just any extraction worker
-                    if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::_extract_job") and \
-                            writing & {f.path for f in proc.open_files()}:
-                        os.kill(proc.pid, signal.SIGKILL)
-                        killed.append(proc.pid)
-                        break
-                except (psutil.Error, FileNotFoundError):
-                    continue
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        yield killed
-    finally:
-        stop.set()
-        thread.join()
+    return worker_killer(lambda: bool(writing()), title="ray::_extract_job",
+                               chosen=lambda proc: bool(writing() & {f.path for f in proc.open_files()}))
 
 
 def test_killed_shard_leaves_no_entry_and_a_rerun_redoes_only_its_part(local_ray, tmp_path):

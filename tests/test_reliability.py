@@ -25,7 +25,7 @@ from orchestrator.config import load_config
 from orchestrator.trial import SIMULATE_OOM
 from orchestrator.tune_logging import ERROR_TAG
 from sweep_helpers import local_ray as local_ray_session
-from sweep_helpers import runs, trial_status_counts, trial_worker_killer, write_config
+from sweep_helpers import runs, trial_status_counts, worker_killer, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 OOM_METHOD = "all_l2"  # the fault-injection hook makes this method's trials raise CUDA OOM (see orchestrator/trial.py)
@@ -50,7 +50,7 @@ def test_killed_trial_worker_is_retried_and_counted_once(local_ray, cache_uri, t
 
     cfg = load_config(write_config(tmp_path / "kill.yaml", seeds=[0], folds=[0, 1], methods={"linear": LINEAR},
                                    max_concurrent_trials=1, max_failures=2, cache=cache_uri))
-    with trial_worker_killer() as killed:
+    with worker_killer() as killed:
         res = run_sweep(cfg, tmp_path / "out")
     assert len(killed) == 1
     assert res.counts["cv"] == {"trials": 2, "errors": 0} and res.counts["final"] == {"trials": 1, "errors": 0}
