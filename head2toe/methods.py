@@ -149,7 +149,7 @@ class FeatureMethod:
         will do, since per-layer normalisation is row-local, so summing chunks' counts gives the
         whole split's accuracy. `x` is `self.matrix(chunk, rows)` when the caller built it."""
         ch = chunk.subset(self.input_layers(chunk.layer_names))
-        y = torch.as_tensor(ch.labels if rows is None else ch.labels[rows])
+        y = torch.tensor(ch.labels if rows is None else ch.labels[rows])  # a copy: cached labels are read-only maps
         out = []
         for head in heads:
             if head.kept is None:

@@ -206,6 +206,7 @@ def _cli(*argv: str, cache: Path) -> dict:
     out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv, "--cache", str(cache), "--json"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "not writable" not in out.stderr, out.stderr[-2000:]  # no torch warning about read-only cached arrays
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
