@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from analysis import ablations, plots
 from analysis.affinity import affinity_note, domain_affinity
 from analysis.cost import cost_table, paper_cost_check
+from analysis.multi_backbone import backbone_table
 from analysis.overlap import layer_share, pairwise_overlap, task_selections
 from analysis.published import compare, side_by_side
 from analysis.runs import DEFAULT_EXPERIMENT, final_runs, load_runs, load_selections, tidy
@@ -52,8 +53,19 @@ def build_sections(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> l
     return [
         _runs_section(tracking_uri, experiment, runs, all_runs), _tables_section(tables), _versus_section(tables),
         _affinity_section(tables), _layers_section(runs), _overlap_section(runs, selections),
-        _bitter_section(runs, selections), _cost_section(runs),
+        _bitter_section(runs, selections), *_multi_backbone_section(runs, selections), _cost_section(runs),
     ]
+
+
+def _multi_backbone_section(runs: pd.DataFrame, selections: dict[str, dict]) -> list[Section]:
+    """Single backbones against their union (only when the sweep has a composite backbone)."""
+    table = backbone_table(runs, selections)
+    if table.empty:
+        return []
+    return [Section("Several backbones at once", tables={"multi_backbone": table}, notes=[
+        "Head2Toe per task on each single backbone and on composites (a+b: the union of the members' candidate "
+        "features, docs/multi_backbone.md): test accuracy (%), candidate and kept features, and the share of a "
+        "composite's kept features each member contributed."])]
 
 
 def _runs_section(tracking_uri: str, experiment: str, runs: pd.DataFrame, all_runs: pd.DataFrame) -> Section:

@@ -32,14 +32,16 @@ def cross_validate(provider: FeatureProvider, task: Task, method: FeatureMethod,
     """Validation rows (one per hp x keep fraction x fold)."""
     rows = []
     for t, hps in _by_target(grid).items():
-        train = provider.get(task, "train", [t])[t]
+        train = provider.get(task, task.cv_split, [t])[t]
         train.check_finite()
         train.check_labels(task.num_classes)
         splits = cv_folds(len(train))
+        x = method.matrix(train)  # one float32 matrix; folds index its rows
         for k in folds if folds is not None else range(len(splits)):
             tr, va = splits[k]
-            for r in method.evaluate(train.rows(tr), train.rows(va), hps, task.num_classes, seed=seed, device=device):
-                rows.append(result_row(r, fold=k))
+            heads = method.fit(train, hps, task.num_classes, seed=seed, device=device, rows=tr, x=x)
+            correct = method.score(heads, train, x[va], rows=va)
+            rows += [result_row(h.result(c, len(va)), fold=k) for h, c in zip(heads, correct)]
     return rows
 
 

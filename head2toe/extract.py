@@ -2,11 +2,15 @@
 
 The paper sweeps target sizes; pooling is cheap next to the forward pass, so all target
 sizes come out of one pass. Outputs are raw pooled activations (float16 by default);
-normalisation happens at use time.
+normalisation happens at use time. `iter_features` yields them batch by batch (what the
+cache writer and streamed test evaluation consume: memory of one batch); `extract_features`
+collects them for small in-memory uses.
 """
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,6 +29,74 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+class RowRange(Sequence):
+    """Rows [start, stop) of a (possibly lazy) image sequence, still lazy: a shard of a split
+    decodes only its own images, batch by batch."""
+
+    def __init__(self, images: Sequence[np.ndarray] | np.ndarray, start: int, stop: int):
+        self.images, self.start, self.stop = images, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            a, b, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("RowRange slices take step 1")
+            return self.images[self.start + a : self.start + b]
+        i = int(i) + (len(self) if int(i) < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.images[self.start + i]
+
+
+def row_range(data: ImageSplit, start: int, stop: int) -> ImageSplit:
+    """Rows [start, stop) of a split without decoding the rest."""
+    return ImageSplit(RowRange(data.images, start, stop), np.asarray(data.labels)[start:stop])
+
+
+def layer_widths_of(backbone: Backbone, target_size: int, layers: list[str] | None = None) -> dict[str, int]:
+    info = {i["name"]: i["shape"] for i in backbone.feature_info()}
+    return {name: pooled_size(info[name], target_size) for name in (layers or list(info))}
+
+
+def iter_features(
+    backbone: Backbone,
+    data: ImageSplit,
+    target_sizes: list[int],
+    batch_size: int = 32,
+    dtype: np.dtype = np.float16,
+    layers: list[str] | None = None,
+    progress: bool | str = False,
+) -> Iterator[dict[int, LayerFeatures]]:
+    """Per batch of `data`, in row order: {target_size: pooled features of every tap (or
+    `layers`)}; `meta["row_start"]` is the batch's first row. One forward pass per image."""
+    if not target_sizes:
+        raise ValueError("give at least one target size")
+    device = next(backbone.model.parameters()).device
+    names = layers or [i["name"] for i in backbone.feature_info()]
+    labels = np.asarray(data.labels)
+    desc = progress if isinstance(progress, str) else f"extract {backbone.name}"
+    spec = backbone.spec
+    store_dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    with tqdm(total=len(data), desc=desc, unit="img", disable=not progress, mininterval=1.0) as bar:
+        for start, chunk in batches(data.images, batch_size):
+            with torch.inference_mode(), _autocast(device):
+                x = to_input(chunk, backbone.input_size, spec.mean, spec.std).to(device, non_blocking=True)
+                acts = backbone.forward_taps(x)
+                out: dict[int, dict[str, np.ndarray]] = {t: {} for t in target_sizes}
+                for name in names:
+                    act = acts[name].float()
+                    for t in target_sizes:
+                        # cast in torch: numpy's float16 conversion is ~14x slower
+                        out[t][name] = pool_to_target(act, t).to(store_dtype).cpu().numpy()
+            stop = start + len(x)
+            bar.update(len(x))
+            meta = {"backbone": backbone.name, "row_start": start}
+            yield {t: LayerFeatures(out[t], labels[start:stop].copy(), {**meta, "target_size": t}) for t in target_sizes}
+
+
 def extract_features(
     backbone: Backbone,
     data: ImageSplit,
@@ -34,35 +106,20 @@ def extract_features(
     progress: bool | str = True,
     layers: list[str] | None = None,
 ) -> dict[int, LayerFeatures]:
-    """Pooled features of every tap (or `layers`) for each target size, from one pass over `data`.
+    """Pooled features of every tap (or `layers`) for each target size, from one pass over
+    `data`, collected in memory (see `iter_features` for the streamed form).
 
     Returns {target_size: LayerFeatures}; `meta["forward_passes"]` counts images forwarded.
     """
     if not target_sizes:
         raise ValueError("give at least one target size")
-    device = next(backbone.model.parameters()).device
-    info = {i["name"]: i["shape"] for i in backbone.feature_info()}
-    names = layers or list(info)
     n = len(data)
-    out = {
-        t: {name: np.empty((n, pooled_size(info[name], t)), dtype=dtype) for name in names}
-        for t in target_sizes
-    }
-    desc = progress if isinstance(progress, str) else f"extract {backbone.name}"
-    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, mininterval=1.0)
-    spec = backbone.spec
-    store_dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
-    with torch.inference_mode(), _autocast(device):
-        for start, chunk in batches(data.images, batch_size):
-            x = to_input(chunk, backbone.input_size, spec.mean, spec.std).to(device, non_blocking=True)
-            acts = backbone.forward_taps(x)
-            stop = start + len(x)
-            for name in names:
-                act = acts[name].float()
-                for t in target_sizes:
-                    # cast in torch: numpy's float16 conversion is ~14x slower
-                    out[t][name][start:stop] = pool_to_target(act, t).to(store_dtype).cpu().numpy()
-            bar.update(len(x))
-    bar.close()
+    out = {t: {name: np.empty((n, w), dtype=dtype) for name, w in layer_widths_of(backbone, t, layers).items()}
+           for t in target_sizes}
+    for batch in iter_features(backbone, data, target_sizes, batch_size, dtype, layers, progress):
+        for t, feats in batch.items():
+            start = feats.meta["row_start"]
+            for name, block in feats.layers.items():
+                out[t][name][start : start + len(feats)] = block
     meta = {"forward_passes": n, "backbone": backbone.name}
-    return {t: LayerFeatures(out[t], data.labels.copy(), {**meta, "target_size": t}) for t in target_sizes}
+    return {t: LayerFeatures(out[t], np.asarray(data.labels).copy(), {**meta, "target_size": t}) for t in target_sizes}

@@ -1,7 +1,10 @@
 """Pool an activation so that one layer yields about `target_size` features.
 
-This is the reference Head2Toe rule (google-research/head2toe), kept exact because the
-paper's feature counts (and so its tables) depend on it.
+This is the reference Head2Toe rule (google-research/head2toe, `flatten_and_concat` in
+models/finetune.py), kept exact because the paper's feature counts (and so its tables)
+depend on it. Where the computed pool size is 0 (a small map at a large target size) the
+reference averages globally (`edge="global"`, the default); `edge="clamp"` instead keeps
+every position (pool size 1), this project's earlier rule.
 """
 from __future__ import annotations
 
@@ -10,57 +13,67 @@ import math
 import torch
 import torch.nn.functional as F
 
+EDGES = ("global", "clamp")
+DEFAULT_EDGE = "global"
+POOLING = "reference: kernel=stride=floor(W/isqrt(T//C)), VALID; global mean when C>=T or pool size 0"  # in the cache key
 
-def _check_target(target_size: int) -> None:
+
+def _check(target_size: int, edge: str) -> None:
     if not isinstance(target_size, int) or target_size <= 0:
         raise ValueError(f"target_size must be a positive integer, got {target_size!r}")
+    if edge not in EDGES:
+        raise ValueError(f"edge must be one of {EDGES}, got {edge!r}")
 
 
-def pool_to_target(x: torch.Tensor, target_size: int) -> torch.Tensor:
-    """Average-pool `x` to roughly `target_size` features per example and flatten.
+def pool_size(shape: tuple[int, ...], target_size: int, edge: str = DEFAULT_EDGE) -> int:
+    """Kernel (= stride) for a (C, H, W) map or an (L, C) sequence; 0 means a global mean.
 
-    - NCHW map with C channels, width W: global average when C >= T; else
-      n = floor(sqrt(T // C)), pool = W // n, avg-pool with kernel = stride = pool.
-    - Tokens (N, L, C): mean over tokens when C >= T; else pool = floor(L / (T / C)),
-      1-D avg-pool over tokens with kernel = stride = pool.
-    - (N, D) passes through.
+    - map: 0 when C >= T; else floor(W / floor(sqrt(T // C))).
+    - sequence: 0 when C >= T; else floor(L / (T / C)).
+    With `edge="clamp"` a computed 0 below C < T becomes 1.
     """
-    _check_target(target_size)
-    if x.dim() == 2:
-        return x
-    if x.dim() == 4:
-        c, w = x.shape[1], x.shape[3]
-        if c >= target_size:
-            return x.mean(dim=(2, 3))
-        n = max(1, math.isqrt(target_size // c))
-        pool = max(1, w // n)
-        return F.avg_pool2d(x, kernel_size=pool, stride=pool).flatten(1)
-    if x.dim() == 3:
-        length, c = x.shape[1], x.shape[2]
-        if c >= target_size:
-            return x.mean(dim=1)
-        pool = max(1, int(length / (target_size / c)))
-        pooled = F.avg_pool1d(x.transpose(1, 2), kernel_size=pool, stride=pool)
-        return pooled.flatten(1)
-    raise ValueError(f"cannot pool a tensor of rank {x.dim()} (shape {tuple(x.shape)}); expected 2, 3 or 4")
-
-
-def pooled_size(shape: tuple[int, ...], target_size: int) -> int:
-    """Feature count that `pool_to_target` yields for one example of `shape` (without batch dim)."""
-    _check_target(target_size)
-    if len(shape) == 1:
-        return shape[0]
+    _check(target_size, edge)
     if len(shape) == 3:
-        c, h, w = shape
+        c, _, w = shape
         if c >= target_size:
-            return c
-        n = max(1, math.isqrt(target_size // c))
-        pool = max(1, w // n)
-        return c * (h // pool) * (w // pool)
-    if len(shape) == 2:
+            return 0
+        pool = w // math.isqrt(target_size // c)
+    elif len(shape) == 2:
         length, c = shape
         if c >= target_size:
-            return c
-        pool = max(1, int(length / (target_size / c)))
-        return c * (length // pool)
-    raise ValueError(f"cannot pool a shape of rank {len(shape)}: {shape}")
+            return 0
+        pool = int(length / (target_size / c))
+    else:
+        raise ValueError(f"no pool size for a shape of rank {len(shape)}: {shape}")
+    return max(pool, 1) if edge == "clamp" else pool
+
+
+def pool_to_target(x: torch.Tensor, target_size: int, edge: str = DEFAULT_EDGE) -> torch.Tensor:
+    """Average-pool `x` (NCHW map, (N, L, C) tokens or (N, D)) to about `target_size`
+    features per example and flatten (see `pool_size`)."""
+    _check(target_size, edge)
+    if x.dim() == 2:
+        return x
+    if x.dim() not in (3, 4):
+        raise ValueError(f"cannot pool a tensor of rank {x.dim()} (shape {tuple(x.shape)}); expected 2, 3 or 4")
+    pool = pool_size(tuple(x.shape[1:]), target_size, edge)
+    if x.dim() == 4:
+        if pool == 0:
+            return x.mean(dim=(2, 3))
+        return F.avg_pool2d(x, kernel_size=pool, stride=pool).flatten(1)
+    if pool == 0:
+        return x.mean(dim=1)
+    return F.avg_pool1d(x.transpose(1, 2), kernel_size=pool, stride=pool).flatten(1)
+
+
+def pooled_size(shape: tuple[int, ...], target_size: int, edge: str = DEFAULT_EDGE) -> int:
+    """Feature count that `pool_to_target` yields for one example of `shape` (without batch dim)."""
+    _check(target_size, edge)
+    if len(shape) == 1:
+        return shape[0]
+    pool = pool_size(shape, target_size, edge)
+    if len(shape) == 3:
+        c, h, w = shape
+        return c if pool == 0 else c * (h // pool) * (w // pool)
+    length, c = shape
+    return c if pool == 0 else c * (length // pool)

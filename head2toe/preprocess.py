@@ -1,4 +1,11 @@
-"""Image batches to backbone input: resize to the input size, scale, normalise (in torch)."""
+"""Image batches to backbone input: resize to the input size, scale, normalise (in torch).
+
+The default resize is the reference's (task_adaptation `preprocess_fn`: `tf.image.resize`,
+bilinear with half-pixel centres, no antialiasing, on float pixels, before scaling).
+"uint8_antialias" (this project's earlier rule) resizes the uint8 pixels with antialiasing,
+which differs only when shrinking an image (then it averages instead of aliasing) and by
+rounding to whole grey levels.
+"""
 from __future__ import annotations
 
 from typing import Iterator, Sequence
@@ -7,8 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-RESIZE = "bilinear+antialias on uint8"  # recorded in the feature-cache key
+RESIZES = {
+    "float_bilinear": "bilinear on float, no antialias (tf.image.resize, the reference)",
+    "uint8_antialias": "bilinear+antialias on uint8",
+}
+DEFAULT_RESIZE = "float_bilinear"
+RESIZE = RESIZES[DEFAULT_RESIZE]  # recorded in the feature-cache key
 
 
 def _rgb(img: np.ndarray) -> np.ndarray:
@@ -20,20 +31,28 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return a[..., :3]
 
 
-def _resize(batch: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 NCHW (channels-last in memory) -> uint8 at size x size. Resizing uint8 is ~40x
-    faster than float on CPU and differs by at most one grey level."""
-    if batch.shape[-2:] == (size, size):
-        return batch
-    return F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+def resize(batch: torch.Tensor, size: int, method: str = DEFAULT_RESIZE) -> torch.Tensor:
+    """uint8 NCHW -> size x size: float32 pixels in 0..255 ("float_bilinear") or uint8
+    ("uint8_antialias")."""
+    if method not in RESIZES:
+        raise ValueError(f"resize must be one of {tuple(RESIZES)}, got {method!r}")
+    if method == "uint8_antialias":
+        if batch.shape[-2:] == (size, size):
+            return batch
+        return F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = batch.float()
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=False, align_corners=False)
 
 
-def to_input(images: Sequence[np.ndarray] | np.ndarray, size: int, mean, std) -> torch.Tensor:
+def to_input(images: Sequence[np.ndarray] | np.ndarray, size: int, mean, std, method: str = DEFAULT_RESIZE) -> torch.Tensor:
     """uint8 HWC images (equal or mixed sizes, grey or RGB) -> normalised float NCHW at size x size."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
-        x = _resize(torch.from_numpy(np.ascontiguousarray(_rgb(images))).permute(0, 3, 1, 2), size)
+        x = resize(torch.from_numpy(np.ascontiguousarray(_rgb(images))).permute(0, 3, 1, 2), size, method)
     else:
-        x = torch.cat([_resize(torch.from_numpy(np.ascontiguousarray(_rgb(img))).permute(2, 0, 1)[None], size) for img in images])
+        x = torch.cat([resize(torch.from_numpy(np.ascontiguousarray(_rgb(img))).permute(2, 0, 1)[None], size, method)
+                       for img in images])
     x = x.float().div_(255.0)
     m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)

@@ -15,7 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from head2toe.errors import ProbeDiverged
+
 PENALTIES = ("none", "l1", "l2", "group")
+INITS = ("glorot", "zeros")  # glorot: the reference's Keras Dense (Glorot-uniform kernel, zero bias)
+ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-7  # Keras' Adam defaults, as the reference trains
 _GROUP_EPS = 1e-12
 
 
@@ -28,8 +32,11 @@ class ProbeConfig:
     penalty: str = "none"
     coef: float = 0.0
     batch_size: int = 128
+    init: str = "glorot"
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive finite number, got {self.lr!r}")
         if int(self.steps) != self.steps or self.steps <= 0:
@@ -77,6 +84,14 @@ def batch_schedule(n: int, steps: int, batch_size: int, seed: int) -> torch.Tens
     return torch.cat(perms)[:need].view(steps, b)
 
 
+def glorot_uniform(fan_in: int, fan_out: int, seed: int) -> torch.Tensor:
+    """(fan_in, fan_out) weights ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out)), from `seed` alone
+    (so a head's start does not depend on the other heads trained beside it)."""
+    gen = torch.Generator().manual_seed(int(seed) + 0x5EED)
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return torch.rand(fan_in, fan_out, generator=gen).mul_(2 * bound).sub_(bound)
+
+
 def _penalty(w: torch.Tensor, kinds: list[str], coefs: torch.Tensor) -> torch.Tensor:
     """Sum over heads of coef_k * penalty_k(W_k); w is (F, K, C)."""
     total = w.new_zeros(())
@@ -101,22 +116,32 @@ def _train_group(
     num_classes: int,
     configs: list[ProbeConfig],
     seed: int,
+    rows: torch.Tensor | None = None,
 ) -> list[Probe]:
     """Train heads on one batch sequence. x is (N, F), shared by all heads (one wide matmul),
-    or (K, N, F), one matrix per head of equal width (one batched matmul)."""
+    or (K, N, F), one matrix per head of equal width (one batched matmul). With `rows`, only
+    those rows of x are trained on (the batches index x directly: no copy of the subset)."""
     device = x.device
     stacked = x.dim() == 3
     n, f = x.shape[-2:]
+    if rows is not None:
+        n = len(rows)
     k = len(configs)
     steps = [c.steps for c in configs]
     max_steps = max(steps)
     sched = batch_schedule(n, max_steps, configs[0].batch_size, seed).to(device)
-    w = torch.zeros(f, k, num_classes, device=device, requires_grad=True)
+    if rows is not None:
+        sched = rows[sched]
+    w = torch.zeros(f, k, num_classes, device=device)
+    glorot = [i for i, c in enumerate(configs) if c.init == "glorot"]
+    if glorot:
+        w[:, glorot, :] = glorot_uniform(f, num_classes, seed).to(device)[:, None, :]
+    w.requires_grad_(True)
     b = torch.zeros(k, num_classes, device=device, requires_grad=True)
     params = (w, b)
     m = [torch.zeros_like(p) for p in params]
     v = [torch.zeros_like(p) for p in params]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    beta1, beta2, eps = ADAM_BETA1, ADAM_BETA2, ADAM_EPS
     base_lr = torch.tensor([c.lr for c in configs], device=device)
     total_steps = torch.tensor(steps, device=device, dtype=torch.float32)
     coefs = torch.tensor([c.coef for c in configs], device=device)
@@ -144,6 +169,11 @@ def _train_group(
                 step_lr = lr.view(1, k, 1) if p is w else lr.view(k, 1)
                 p.sub_(step_lr * mhat / (vhat.sqrt() + eps))
     w, b = w.detach(), b.detach()
+    for i, c in enumerate(configs):  # a diverged head is a failure, never a chance-level "result"
+        final = last_loss[i] + _penalty(w[:, i : i + 1], [c.penalty], coefs[i : i + 1])
+        if not (torch.isfinite(final) and torch.isfinite(w[:, i]).all() and torch.isfinite(b[i]).all()):
+            raise ProbeDiverged(f"probe diverged (final loss {float(final):g}, non-finite loss or weights) with lr={c.lr} "
+                                f"steps={c.steps} penalty={c.penalty} coef={c.coef}; lower lr or coef")
     return [Probe(w[:, i, :].contiguous(), b[i].clone(), float(last_loss[i])) for i in range(k)]
 
 
@@ -178,8 +208,10 @@ def train_probes(
     seed: int = 0,
     device: torch.device | str | None = None,
     max_heads: int = 32,
+    rows: np.ndarray | None = None,
 ) -> list[Probe]:
-    """Train one probe per config on all rows of x; heads of equal batch size train together.
+    """Train one probe per config on all rows of x (or only `rows`: a CV fold of one shared
+    matrix, same heads as training on `x[rows]`); heads of equal batch size train together.
 
     Deterministic given `seed`: the result for a config does not depend on which other
     configs it was trained with.
@@ -191,10 +223,12 @@ def train_probes(
     y = torch.tensor(np.asarray(y), dtype=torch.long, device=device)
     if x.dim() != 2 or len(x) != len(y):
         raise ValueError(f"x must be (N, F) with N = len(y); got {tuple(x.shape)} and {len(y)} labels")
-    if len(y) == 0:
+    subset = None if rows is None else torch.as_tensor(np.asarray(rows), dtype=torch.long, device=device)
+    used = y if subset is None else y[subset]
+    if len(used) == 0:
         raise ValueError("cannot train a probe on 0 examples")
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}); got range [{int(y.min())}, {int(y.max())}]")
+    if int(used.min()) < 0 or int(used.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}); got range [{int(used.min())}, {int(used.max())}]")
     out: list[Probe | None] = [None] * len(configs)
     by_batch: dict[int, list[int]] = {}
     for i, c in enumerate(configs):
@@ -202,7 +236,7 @@ def train_probes(
     for members in by_batch.values():
         for start in range(0, len(members), max_heads):
             chunk = members[start : start + max_heads]
-            probes = _train_group(x, y, num_classes, [configs[i] for i in chunk], seed)
+            probes = _train_group(x, y, num_classes, [configs[i] for i in chunk], seed, subset)
             for i, p in zip(chunk, probes):
                 out[i] = p
     return out  # type: ignore[return-value]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from head2toe.backbones import BACKBONES, PRE_LOGITS, LOGITS, get_spec
+from head2toe.backbones import BACKBONES, get_spec
 
 
 def _describe(name: str) -> dict:
@@ -12,11 +12,11 @@ def _describe(name: str) -> dict:
 
     spec = get_spec(name)
     model = timm.create_model(spec.timm_id, pretrained=False)
-    taps = [*spec.taps(model), PRE_LOGITS, LOGITS]
+    taps = list(spec.tap_sets[spec.default_taps](model))
     return {
-        "name": name, "timm_id": spec.timm_id, "weights_source": spec.weights_source,
+        "name": name, "timm_id": spec.timm_id, "weights_source": spec.weights_source, "note": spec.note,
         "input_size": spec.input_size, "mean": list(spec.mean), "std": list(spec.std),
-        "n_layers": len(taps), "layers": taps,
+        "taps": spec.default_taps, "tap_sets": list(spec.tap_sets), "n_layers": len(taps), "layers": taps,
     }
 
 
@@ -30,9 +30,12 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return 0
     for r in rows:
-        print(f"{r['name']:<20} timm={r['timm_id']:<24} input={r['input_size']}  layers={r['n_layers']:<3} weights: {r['weights_source']}")
-        print(f"{'':<20} taps: {', '.join(r['layers'][:4])}, ..., {', '.join(r['layers'][-3:])}")
-    print("\nAny other timm model name works too (taps from its feature_info).")
+        print(f"{r['name']:<20} timm={r['timm_id']:<34} input={r['input_size']}  layers={r['n_layers']:<3} weights: {r['weights_source']}")
+        print(f"{'':<20} taps ({r['taps']}; also {', '.join(t for t in r['tap_sets'] if t != r['taps']) or '-'}): "
+              f"{', '.join(r['layers'][:4])}, ..., {', '.join(r['layers'][-3:])}")
+        if r["note"]:
+            print(f"{'':<20} {r['note']}")
+    print("\nAny other timm model name or tag works too (resnet/vit get these tap sets, others their feature_info stages).")
     return 0
 
 

@@ -16,6 +16,7 @@ COMMANDS = {
     "run": ("jobs.run", "one method on one task: CV-select, then test"),
     "sweep": ("jobs.sweep", "Ray Tune sweep of a config, tracked in MLflow"),
     "report": ("jobs.report", "tables and plots from MLflow runs"),
+    "plan": ("jobs.plan", "dry run of a sweep config: candidates, trials, storage, memory, GPU-hours"),
     "vtab-prepare": ("jobs.vtab_prepare", "download and prepare VTAB datasets with tfds (needs internet)"),
 }
 

@@ -10,11 +10,12 @@ import sys
 import numpy as np
 
 from head2toe.backbones import Backbone, create_backbone
-from head2toe.cache import FeatureCache, open_cache
-from head2toe.errors import H2TError
+from head2toe.cache import FeatureCache
+from head2toe.limits import MAX_BATCH, MAX_INPUT_SIZE, MAX_LR, MAX_SEED, MAX_STEPS, MIN_INPUT_SIZE
 from head2toe.provider import FeatureProvider
 from head2toe.tasks import Task, get_task
 from head2toe.tasks.vtab import set_data_dir
+from jobs.preflight import check_device, open_checked_cache
 
 
 def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -23,9 +24,10 @@ def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                    help="registry name (h2t backbones) or a timm model name")
     p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for timm backbones")
-    p.add_argument("--input-size", type=int, default=None, help="override the backbone's input size (px)")
+    p.add_argument("--input-size", type=in_range(int, "--input-size", MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
+                   help="override the backbone's input size (px)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per backbone forward")
+    p.add_argument("--batch-size", type=in_range(int, "--batch-size", 1, MAX_BATCH), default=32, help="images per backbone forward")
     p.add_argument("--cache", default=None, help="feature cache URI (folder, s3://, gs://); default $H2T_CACHE or ~/.cache/h2t/features")
     p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"], help="dtype of cached features")
 
@@ -54,8 +56,8 @@ def checked(kind: type, flag: str, ok, accepted: str):
         except ValueError:
             noun = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{flag} must be {noun} {accepted}, got {text!r}") from None
-        if not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"{flag} must be {accepted}, got {text}")
+        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be {accepted}, got {text if len(text) <= 40 else text[:40] + '...'}")
         return value
     return parse
 
@@ -64,38 +66,54 @@ def positive(kind: type, flag: str):
     return checked(kind, flag, lambda v: v > 0, "> 0")
 
 
+def in_range(kind: type, flag: str, lo, hi):
+    return checked(kind, flag, lambda v: lo <= v <= hi, f"in {lo}..{hi}")
+
+
 fraction = checked(float, "--keep-fraction", lambda v: 0 < v <= 1, "in (0, 1]")
 non_negative = checked(float, "--coef", lambda v: v >= 0, ">= 0")
+learning_rate = checked(float, "--lr", lambda v: 0 < v <= MAX_LR, f"> 0 and <= {MAX_LR:g}")
+step_count = checked(int, "--steps", lambda v: 0 < v <= MAX_STEPS, f"> 0 and <= {MAX_STEPS}")
+seed = in_range(int, "--seed", 0, MAX_SEED)
 
 
 def build_backbone(args: argparse.Namespace, name: str | None = None) -> Backbone:
     import torch
 
+    check_device(args.device)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise H2TError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     return create_backbone(name or args.backbone, weights=args.weights, input_size=args.input_size, checkpoint=args.checkpoint, device=device)
 
 
 def build_cache(args: argparse.Namespace) -> FeatureCache:
-    """The persistent feature cache named by --cache (default $H2T_CACHE or ~/.cache/h2t/features)."""
-    return open_cache(args.cache, dtype=getattr(args, "feature_dtype", "float16"))
+    """The persistent feature cache named by --cache (default $H2T_CACHE or ~/.cache/h2t/features),
+    a remote one reached within seconds."""
+    return open_checked_cache(args.cache, dtype=getattr(args, "feature_dtype", "float16"))
 
 
-def build_provider(args: argparse.Namespace, backbone: Backbone, progress: bool = True) -> FeatureProvider:
-    cache = build_cache(args)
+def build_provider(args: argparse.Namespace, backbone: Backbone, progress: bool = True, cache: FeatureCache | None = None) -> FeatureProvider:
+    cache = cache or build_cache(args)
     return FeatureProvider(backbone, store=cache, batch_size=args.batch_size, progress=progress, dtype=cache.dtype)
 
 
-def emit_json(obj: dict) -> None:
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
+def json_safe(o):
+    """Plain JSON values: NumPy scalars and arrays unpacked, NaN and infinities as null
+    (bare NaN is not JSON), anything else as its string."""
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if isinstance(o, np.generic):
+        return json_safe(o.item())
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if o is None or isinstance(o, (str, int, bool)):
+        return o
+    return str(o)
 
-    json.dump(obj, sys.stdout, default=default)
+
+def emit_json(obj: dict) -> None:
+    json.dump(json_safe(obj), sys.stdout, allow_nan=False)
     sys.stdout.write("\n")

@@ -18,11 +18,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.sweep import print_result
+    from jobs.sweep import preflight, print_result
     from orchestrator.sweep import run_sweep
 
     start = time.perf_counter()
     cfg = load_config(args.config, cache=args.cache)
+    preflight(cfg)
     out = Path(args.out)
     res = run_sweep(cfg, out, resume=True, config_text=Path(args.config).read_text())
     print_result(res)

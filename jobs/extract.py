@@ -17,7 +17,9 @@ from head2toe.cache import CacheItem, check_room, fill_split, human_bytes, plan_
 from head2toe.grids import DEFAULT_GRIDS
 from head2toe.tasks import get_task
 from head2toe.tasks.base import SPLITS
+from head2toe.errors import H2TError
 from jobs.common import add_backbone_args, build_backbone, build_cache, emit_json, positive
+from jobs.preflight import check_device, quiet_cache_log, write_problem
 
 DEFAULT_TARGET_SIZES = sorted({t for g in DEFAULT_GRIDS.values() for t in g["target_size"]})
 
@@ -50,10 +52,14 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    check_device(args.device)
     tasks = [get_task(name) for name in args.task]
     sizes = sorted(set(args.target_size))
     cache = build_cache(args)
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    if write_problem(cache) is not None:  # refused (naming a file) before any forward pass or Ray start
+        with quiet_cache_log():
+            _refuse_unwritable(cache, _plan(args, tasks, sizes, cache))
     if args.address or os.environ.get("RAY_ADDRESS"):
         from orchestrator.extraction import ExtractionJob, run_extraction
 
@@ -79,14 +85,28 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_here(args: argparse.Namespace, tasks, sizes: list[int], cache, say) -> tuple[list[CacheItem], int]:
-    """Plan everything first (so the size check covers the whole job), then extract split by split."""
+def _plan(args: argparse.Namespace, tasks, sizes: list[int], cache) -> list:
+    """(backbone, task, split, items) for every split of every task through every backbone."""
     plans = []
     for name in args.backbone:
         backbone = build_backbone(args, name)
         for task in tasks:
             for split in args.split:
                 plans.append((backbone, task, split, plan_split(cache, backbone, task, split, sizes)))
+    return plans
+
+
+def _refuse_unwritable(cache, plans: list) -> None:
+    todo = [i for *_, items in plans for i in items if not i.cached]
+    problem = write_problem(cache) if todo else None
+    if problem:
+        raise H2TError(f"feature cache {cache.uri} is not writable ({problem}) and {len(todo)} file(s) must be written "
+                       f"(e.g. {cache.path(todo[0].key)}); pass --cache with a writable folder or bucket, or make this one writable")
+
+
+def _run_here(args: argparse.Namespace, tasks, sizes: list[int], cache, say) -> tuple[list[CacheItem], int]:
+    """Plan everything first (so the size check covers the whole job), then extract split by split."""
+    plans = _plan(args, tasks, sizes, cache)
     todo = [i for *_, items in plans for i in items if not i.cached]
     if todo:
         say(check_room(cache, sum(i.bytes for i in todo), args.min_free)

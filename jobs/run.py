@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 
+from head2toe.backbones import composite_members, split_qualified
+from head2toe.cache.plan import layer_widths
 from head2toe.errors import H2TError
 from head2toe.evaluate import fixed_or_grid, run_protocol
 from head2toe.grids import DEFAULT_GRIDS
 from head2toe.methods import IMAGE_METHODS, METHODS, is_image_method
 from head2toe.image_methods.data import AUGMENT_POLICIES
-from jobs.common import add_backbone_args, add_data_args, build_backbone, build_provider, emit_json, fraction, load_task, non_negative, positive
+from head2toe.limits import MAX_BATCH
+from head2toe.provider import FeatureProvider, UnionProvider, feature_key
+from jobs.common import (add_backbone_args, add_data_args, build_backbone, build_cache, build_provider, emit_json, fraction,
+                         in_range, learning_rate, load_task, non_negative, positive, seed, step_count)
+from jobs.preflight import check_device, require_writable_or_cached
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -22,19 +28,19 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="head2toe", help=f"one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
     add_backbone_args(p)
     add_data_args(p)
-    p.add_argument("--lr", type=positive(float, "--lr"))
-    p.add_argument("--steps", type=positive(int, "--steps"))
+    p.add_argument("--lr", type=learning_rate)
+    p.add_argument("--steps", type=step_count)
     p.add_argument("--coef", type=non_negative)
     p.add_argument("--target-size", type=positive(int, "--target-size"))
     p.add_argument("--keep-fraction", type=fraction)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--fold", type=int, choices=range(5), metavar="K", help="validate on CV fold K (0-4)")
     where.add_argument("--test", action="store_true", help="final run on test (the default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     img = p.add_argument_group("image-level methods (finetune, scratch, head2toe_ft)")
-    img.add_argument("--train-batch", type=positive(int, "--train-batch"), default=512, help="effective batch per SGD step")
-    img.add_argument("--micro-batch", type=positive(int, "--micro-batch"), help="images per forward (gradient accumulation); default: whole batch on CUDA, 32 on CPU")
+    img.add_argument("--train-batch", type=in_range(int, "--train-batch", 1, MAX_BATCH), default=512, help="effective batch per SGD step")
+    img.add_argument("--micro-batch", type=in_range(int, "--micro-batch", 1, MAX_BATCH), help="images per forward (gradient accumulation); default: whole batch on CUDA, 32 on CPU")
     img.add_argument("--augment", choices=["auto", *AUGMENT_POLICIES], default="auto", help="auto: the task's policy")
     img.add_argument("--checkpoint-dir", help="checkpoint here every 500 steps; a rerun with the same dir resumes")
 
@@ -45,20 +51,54 @@ def main(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise H2TError(f"unknown method {args.method!r}; choose one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
     method = METHODS[args.method]
+    check_device(args.device)
     task = load_task(args)
     try:
         grid = fixed_or_grid(method, DEFAULT_GRIDS[method.name], lr=args.lr, steps=args.steps, coef=args.coef,
                              target_size=args.target_size, keep_fractions=args.keep_fraction)
     except ValueError as e:
         raise H2TError(str(e)) from None
-    backbone = build_backbone(args)
-    provider = build_provider(args, backbone, progress=not args.json)
+    members = composite_members(args.backbone)  # an unknown name is refused before the cache folder is made
+    backbones = [build_backbone(args, m) for m in members]
+    cache = build_cache(args)
+    splits = ["train"] if args.fold is not None else ["train", "test"]
+    require_writable_or_cached(cache, [feature_key(task, s, b, t, cache.dtype) for t in sorted({h.target_size for h in grid})
+                                       for s in splits for b in backbones])
+    providers = [build_provider(args, b, progress=not args.json, cache=cache) for b in backbones]
+    provider: FeatureProvider | UnionProvider = providers[0] if len(providers) == 1 else UnionProvider(providers)
     out = run_protocol(provider, task, method, grid, seed=args.seed, fold=args.fold)
+    if len(backbones) > 1:
+        out.update(per_backbone(out, method, backbones))
     if args.json:
         emit_json({k: v for k, v in out.items() if k not in ("cv_results", "results")})
         return 0
-    print_summary(out, task.name, backbone.name, method.name, args.fold)
+    details = ""
+    if "kept_per_backbone" in out:
+        details = "per backbone, kept / candidates: " + ", ".join(
+            f"{m} {out['kept_per_backbone'][m]} / {out['candidates_per_backbone'][m]}" for m in members)
+    print_summary(out, task.name, args.backbone, method.name, args.fold, details)
     return 0
+
+
+def per_backbone(out: dict, method, backbones) -> dict:
+    """Where a composite's features came from: each member's candidate features (the method's
+    input layers at the chosen target size) and, after a test run, its kept features and
+    their share of all kept ones."""
+    candidates = {}
+    for b in backbones:
+        widths = {f"{b.name}/{k}": w for k, w in layer_widths(b, out["target_size"]).items()}
+        candidates[b.name] = sum(widths[n] for n in method.input_layers(list(widths)) if n in widths)
+    extra: dict = {"members": [b.name for b in backbones], "candidates_per_backbone": candidates}
+    if "kept_per_layer" in out:
+        kept = {b.name: 0 for b in backbones}
+        for layer, n in out["kept_per_layer"].items():
+            kept[split_qualified(layer)[0]] += n
+        if not out["kept_per_layer"] and out["n_features_kept"] == out["n_features_total"]:
+            kept = dict(candidates)  # no selection: every candidate is kept
+        total = sum(kept.values())
+        extra.update(kept_per_backbone=kept, kept_share_per_backbone={m: round(n / total, 4) if total else 0.0
+                                                                       for m, n in kept.items()})
+    return extra
 
 
 def print_summary(out: dict, task: str, backbone: str, method: str, fold: int | None, details: str = "") -> None:
@@ -78,6 +118,10 @@ def run_image(args: argparse.Namespace) -> int:
     """finetune / scratch / head2toe_ft: CV over the small image grid (or the fixed flags), then test."""
     from head2toe.image_methods import DEFAULT_IMAGE_GRIDS, TrainConfig, expand_image_grid, run_image_protocol
 
+    if len(composite_members(args.backbone)) > 1:
+        raise H2TError(f"--backbone {args.backbone}: image-level method {args.method!r} trains one backbone; "
+                       "composite backbones work with the feature methods (linear, all_l21, head2toe, ...)")
+    check_device(args.device)
     task = load_task(args)
     default = DEFAULT_IMAGE_GRIDS[args.method]
     fixed = {"lr": args.lr, "steps": args.steps, "coef": args.coef, "target_size": args.target_size, "keep_fraction": args.keep_fraction}

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator.config import load_config
+from jobs.preflight import check_tracking_uri, open_checked_cache, require_writable_or_cached, write_problem
+from orchestrator.config import SweepConfig, load_config
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -28,10 +29,27 @@ def print_result(res) -> None:
         print(f"  open the UI:  mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1 --port 5000")
 
 
+def preflight(cfg: SweepConfig) -> None:
+    """What the sweep will touch, checked before Ray starts: the tracking server answers, the
+    feature cache is reachable and either writable or already holds every file."""
+    check_tracking_uri(cfg.tracking_uri)
+    cache = open_checked_cache(cfg.cache)
+    if write_problem(cache) is None:
+        return
+    from orchestrator.features import sweep_keys, sweep_splits
+
+    keys = list(sweep_keys(cfg, sweep_splits(cfg)).values())
+    require_writable_or_cached(cache, keys, verify_data=False)  # footers only: the driver reads no feature bytes
+
+
 def main(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import run_sweep
+    from orchestrator.capacity import check_fits
 
     cfg = load_config(args.config, tracking_uri=args.tracking_uri, cache=args.cache)
+    check_fits(cfg)  # a trial that cannot fit what it asks for is refused before Ray is even imported
+    preflight(cfg)
+    from orchestrator.sweep import run_sweep
+
     out = Path(args.out or Path("out") / cfg.name)
     res = run_sweep(cfg, out, resume=args.resume, address=args.address, config_text=Path(args.config).read_text())
     print_result(res)

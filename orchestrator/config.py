@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from head2toe.errors import H2TError
+from head2toe.limits import MAX_LR, MAX_SEED, MAX_STEPS, lr_ok, seed_ok, steps_ok
 from head2toe.methods import IMAGE_METHODS, METHODS, HParams
 
 IMAGE_METHOD_NAMES = tuple(IMAGE_METHODS)
@@ -41,8 +43,15 @@ class BackboneConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from head2toe.backbones import BACKBONES
+        from head2toe.backbones import BACKBONES, COMPOSITE_SEP, composite_members
+        from head2toe.errors import H2TError
 
+        if COMPOSITE_SEP in v:  # "a+b": a composite backbone (docs/multi_backbone.md)
+            try:
+                composite_members(v)
+            except H2TError as e:
+                raise ValueError(str(e)) from None
+            return v
         if v not in BACKBONES:
             import timm
 
@@ -50,8 +59,37 @@ class BackboneConfig(_Strict):
                 raise ValueError(f"unknown backbone {v!r}; use one of {', '.join(BACKBONES)} or a timm model name")
         return v
 
+    @model_validator(mode="after")
+    def _composite_checkpoint(self) -> "BackboneConfig":
+        if self.is_composite and self.checkpoint:
+            raise ValueError(f"composite backbone {self.name!r} takes no checkpoint: list its members on their own for that")
+        return self
+
+    @property
+    def is_composite(self) -> bool:
+        from head2toe.backbones import COMPOSITE_SEP
+
+        return COMPOSITE_SEP in self.name
+
+    def members(self) -> list["BackboneConfig"]:
+        """The single backbones whose cache entries a composite reads ([self] for a single one):
+        same weights, input size and batch size, so their keys are those of single-backbone runs."""
+        if not self.is_composite:
+            return [self]
+        from head2toe.backbones import composite_members
+
+        return [self.model_copy(update={"name": m}) for m in composite_members(self.name)]
+
+    def timm_id(self) -> str:
+        """The pinned timm tag (members' tags joined by '+' for a composite): what the name means
+        today, so a re-pinned tag gives new trial keys and shows in MLflow."""
+        from head2toe.backbones import COMPOSITE_SEP, get_spec
+
+        return COMPOSITE_SEP.join(get_spec(m.name).timm_id for m in self.members())
+
     def identity(self) -> dict:
-        return {"name": self.name, "weights": self.weights, "input_size": self.input_size, "checkpoint": self.checkpoint}
+        return {"name": self.name, "timm_id": self.timm_id(), "weights": self.weights, "input_size": self.input_size,
+                "checkpoint": self.checkpoint}
 
 
 class MethodGrid(_Strict):
@@ -66,12 +104,20 @@ class MethodGrid(_Strict):
     @field_validator("lr")
     @classmethod
     def _lr(cls, v):
-        bad = [x for x in v if not x > 0]
+        bad = [x for x in v if not lr_ok(x)]
         if bad:
-            raise ValueError(f"learning rates must be > 0, got {bad}")
+            raise ValueError(f"learning rates must be > 0 and <= {MAX_LR:g}, got {bad}")
         return v
 
-    @field_validator("steps", "target_size")
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v):
+        bad = [x for x in v if not steps_ok(x)]
+        if bad:
+            raise ValueError(f"must be positive integers <= {MAX_STEPS}, got {bad}")
+        return v
+
+    @field_validator("target_size")
     @classmethod
     def _positive_int(cls, v):
         bad = [x for x in v if x <= 0]
@@ -101,18 +147,53 @@ class MethodGrid(_Strict):
         return expand_grid(self.lr, self.steps, self.coef, self.target_size, self.keep_fractions)
 
 
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(v: int | float | str) -> int:
+    """Bytes from an int or a string such as "16GiB", "512 MiB", "2.5GB" (GB = 10^9, GiB = 2^30)."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected bytes or a size such as '16GiB', got {v!r}")
+    if isinstance(v, (int, float)):
+        n = float(v)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(v))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(f"expected bytes or a size such as '16GiB', '512MiB', '2.5GB', got {v!r}")
+        n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not n > 0:
+        raise ValueError(f"must be > 0 bytes, got {v!r}")
+    return int(n)
+
+
 class Resources(_Strict):
+    """What one trial (or extraction task) asks Ray for. `memory`: host RAM in bytes (or "16GiB"),
+    Ray's `memory` resource; unset asks for none and skips the host-memory check of `h2t plan`."""
+
     cpu: float = Field(default=1, gt=0)
     gpu: float = Field(default=0, ge=0)
+    memory: int | None = None
+
+    _memory = field_validator("memory", mode="before")(lambda v: None if v is None else parse_bytes(v))
 
     def as_tune(self) -> dict[str, float]:
-        return {"cpu": self.cpu, "gpu": self.gpu}
+        return {"cpu": self.cpu, "gpu": self.gpu, **({"memory": self.memory} if self.memory else {})}
 
 
 class ResourcePlan(_Strict):
+    """Per-kind requests, and `gpu_memory`: bytes of one whole GPU of the cluster, which a
+    fractional `gpu` share is measured against by `h2t plan` and `h2t sweep`'s pre-Ray check."""
+
     trial: Resources = Resources()
+    # The final trial of a task x backbone fits every final run, holds all their heads and scores
+    # them in one pass over the test rows, so it may need more than a CV trial; default: `trial`.
+    final_trial: Resources | None = None
     extract: Resources = Resources(cpu=1)
     image_trial: Resources = Resources(cpu=2, gpu=0)
+    gpu_memory: int = 80 << 30
+
+    _gpu_memory = field_validator("gpu_memory", mode="before")(lambda v: parse_bytes(v))
 
 
 class SweepConfig(_Strict):
@@ -128,9 +209,14 @@ class SweepConfig(_Strict):
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     max_failures: int = Field(default=2, ge=0)
     batch_hparams: bool = True
+    # cache: extraction writes test features too; stream: never stored, the final trial of each
+    # (task, backbone) runs the backbone over the test images once with every final head attached
+    test_features: Literal["cache", "stream"] = "stream"
     image_training: dict[str, Any] = Field(default_factory=dict)  # head2toe.image_methods.TrainConfig fields
     tracking_uri: str | None = None
     cache: str | None = None
+    # a split whose missing cache bytes exceed this is extracted in parts, one Ray task each (docs/cache.md)
+    extract_shard_bytes: int = Field(default=4 << 30, gt=0)
     data_dir: str | None = None
     expected: dict[str, Any] = Field(default_factory=dict)
 
@@ -151,6 +237,14 @@ class SweepConfig(_Strict):
         for t in v:  # a user's folder is checked now (missing, empty, one class, unreadable image), not after Ray starts
             if t.startswith("imagefolder:"):
                 get_task(t)
+        return v
+
+    @field_validator("seeds", "cv_seeds")
+    @classmethod
+    def _seeds(cls, v):
+        bad = [x for x in v if not seed_ok(x)]
+        if bad:
+            raise ValueError(f"seeds must lie in 0..{MAX_SEED}, got {bad}")
         return v
 
     @field_validator("folds")
@@ -205,6 +299,16 @@ class SweepConfig(_Strict):
         return {n: expand_image_grid(n, {k: v if isinstance(v, list) else [v] for k, v in g.items()})
                 for n, g in self.methods.items() if n in IMAGE_METHOD_NAMES}
 
+    def final_resources(self) -> Resources:
+        """What a feature-method final trial asks for: `resources.final_trial` (else `trial`), and
+        with `test_features: stream` at least what extraction asks for (it runs the backbone too)."""
+        r = self.resources.final_trial or self.resources.trial
+        if self.test_features != "stream":
+            return r
+        e = self.resources.extract
+        memory = max(r.memory or 0, e.memory or 0) or None
+        return Resources(cpu=max(r.cpu, e.cpu), gpu=max(r.gpu, e.gpu), memory=memory)
+
     def target_sizes(self) -> list[int]:
         return sorted({t for g in self.feature_grids().values() for t in g.target_size})
 
@@ -214,7 +318,8 @@ class SweepConfig(_Strict):
 
     def sweep_id(self) -> str:
         """Stable id of what this sweep computes (not where it logs): resuming finds its runs."""
-        body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures"})
+        body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures",
+                                             "test_features", "extract_shard_bytes"})  # how features are stored: same results
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -227,13 +332,29 @@ def _first_error(e: ValidationError) -> str:
     return f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable; SafeLoader reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicated key {key!r} (first at line {seen[key] + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, **overrides: Any) -> SweepConfig:
     """Parse and validate a sweep YAML; any problem is one H2TError line naming the field."""
     path = Path(path)
     if not path.is_file():
         raise H2TError(f"config file {str(path)!r} not found; see configs/ for examples")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

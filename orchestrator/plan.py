@@ -127,6 +127,8 @@ def _same_point(point: dict, best: dict) -> bool:
 
 def extraction_needs(cfg: SweepConfig) -> list[tuple[str, BackboneConfig, list[int]]]:
     """(task, backbone, target sizes): each is one forward pass per image per split. Includes
-    head2toe_ft's target sizes: its selection reads the same cached features."""
+    head2toe_ft's target sizes: its selection reads the same cached features. A composite
+    backbone is extracted as its members (each once, shared with the same single backbone)."""
     sizes = sorted({*cfg.target_sizes(), *(p.target_size for pts in cfg.image_grids().values() for p in pts if p.target_size)})
-    return [(t, bb, sizes) for t in cfg.tasks for bb in cfg.backbones] if sizes else []
+    singles = list(dict.fromkeys(m for bb in cfg.backbones for m in bb.members()))
+    return [(t, bb, sizes) for t in cfg.tasks for bb in singles] if sizes else []

@@ -1,9 +1,12 @@
 """The sweep driver: features once, CV trials, best-config selection, final trials.
 
-    extraction (one forward pass per image, cached)  ->  features into the object store
-    -> CV trials on Ray Tune  ->  choose best hp per task x backbone x method (MLflow is
-    the source of truth, so a resumed sweep sees earlier results)  ->  final trials on test
-    -> summary table.
+    extraction (one forward pass per image, cached)  ->  train entries validated where they
+    are read (Ray tasks)  ->  CV trials on Ray Tune, each reading its entry from the cache
+    ->  choose best hp per task x backbone x method (MLflow is the source of truth, so a
+    resumed sweep sees earlier results)  ->  one final trial per task x backbone: every final
+    run fitted, then scored in one pass over the test rows  ->  summary table.
+
+The driver plans and logs but never reads features: it hands trials cache keys.
 
 Resume: every hp of every trial has a deterministic key; finished keys are skipped, runs a
 killed driver left RUNNING are marked FAILED and run again.
@@ -30,15 +33,16 @@ from ray import tune  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
 from head2toe.allocator import allocator_env  # noqa: E402
+from head2toe.errors import H2TError  # noqa: E402
 from head2toe.protocol import choose_best  # noqa: E402
 from head2toe.tasks import get_task  # noqa: E402
 from orchestrator.config import SweepConfig  # noqa: E402
 from orchestrator.extraction import extract_for_sweep  # noqa: E402
-from orchestrator.features import backbone_id, share_features  # noqa: E402
+from orchestrator.features import backbone_id, check_entry, sweep_keys, sweep_splits  # noqa: E402
 from orchestrator.plan import TrialSpec, cv_specs, final_specs, image_cv_specs  # noqa: E402
 from orchestrator.tracking import Tracker  # noqa: E402
 from orchestrator.image_trial import image_trial  # noqa: E402
-from orchestrator.trial import feature_trial  # noqa: E402
+from orchestrator.trial import feature_trial, final_trial  # noqa: E402
 from orchestrator.tune_logging import MlflowTrialLogger  # noqa: E402
 
 
@@ -67,21 +71,46 @@ def default_tracking_uri(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
 
 
-def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep_id: str, stage_run: str,
-               refs: dict, out_dir: Path, extra: dict[str, dict]) -> dict:
-    """One Tune run over `specs`; the driver-side callback writes MLflow."""
-    if not specs:
-        return {"trials": 0, "errors": 0}
+def _trials(cfg: SweepConfig, specs: list[TrialSpec], keys: dict, extra: dict[str, dict]) -> list[dict]:
+    """Tune trials of a stage: a CV trial per spec; in the final stage one trial per task x
+    backbone holding every feature-method final run, and one per image-method final run."""
     num_classes = {t: get_task(t).num_classes for t in {s.task for s in specs}}
-    groups = {t: get_task(t).group for t in num_classes}
-    trials = [
-        {"spec": s, "backbone_id": backbone_id(s.backbone), "num_classes": num_classes[s.task], **extra.get(s.name(), {})}
-        for s in specs
-    ]
+    out, finals = [], defaultdict(list)
+    for s in specs:
+        base = {"num_classes": num_classes[s.task], **extra.get(s.name(), {})}
+        if not s.hps:
+            out.append({"spec": s, "name": s.name(), **base})
+        elif s.stage == "cv":
+            key = keys[(s.task, backbone_id(s.backbone), get_task(s.task).cv_split, s.target_size)]
+            out.append({"spec": s, "name": s.name(), "key": key, **base})
+        else:
+            finals[(s.task, s.backbone)].append(s)
+    for (task, bb), group in finals.items():
+        bid, sizes = backbone_id(bb), sorted({s.target_size for s in group})
+        entry = {f"{split}/{t}": keys[(task, bid, split, t)] for t in sizes for split in ("train", "test") if (task, bid, split, t) in keys}
+        out.append({"specs": group, "name": f"final_{task}_{bb.name}_features", "keys": entry, "num_classes": num_classes[task],
+                    "test_features": cfg.test_features, "cv_accuracy": {s.name(): extra[s.name()]["cv_accuracy"] for s in group}})
+    return out
+
+
+def _resources(cfg: SweepConfig, trial: dict) -> dict[str, float]:
+    if "specs" in trial:  # the final trial of a task x backbone
+        return cfg.final_resources().as_tune()
+    return (cfg.resources.trial if trial["spec"].hps else cfg.resources.image_trial).as_tune()
+
+
+def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep_id: str, stage_run: str,
+               keys: dict, out_dir: Path, extra: dict[str, dict]) -> tuple[dict, int]:
+    """One Tune run over `specs`; the driver-side callback writes MLflow. Returns the stage's
+    counts and the test images its final trials forwarded (`test_features: stream`)."""
+    if not specs:
+        return {"trials": 0, "errors": 0}, 0
+    groups = {t: get_task(t).group for t in {s.task for s in specs}}
+    trials = _trials(cfg, specs, keys, extra)
     logger = MlflowTrialLogger(tracker, sweep_id, stage_run, groups, trials)
-    resources = [(cfg.resources.trial if t["spec"].hps else cfg.resources.image_trial).as_tune() for t in trials]
+    resources = [_resources(cfg, t) for t in trials]
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, refs=refs, trials=trials, cache_uri=cfg.cache, train_config=cfg.image_training),
+        tune.with_parameters(run_trial, trials=trials, cache_uri=cfg.cache, train_config=cfg.image_training),
         lambda config: resources[config["trial"]],
     )
     reporter = tune.CLIReporter(metric_columns={"accuracy": "acc"}, parameter_columns=[], max_report_frequency=30,
@@ -91,7 +120,7 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
         param_space={"trial": tune.grid_search(list(range(len(trials))))},
         tune_config=tune.TuneConfig(
             reuse_actors=True, max_concurrent_trials=cfg.max_concurrent_trials,
-            trial_name_creator=lambda t: trials[t.config["trial"]]["spec"].name(),
+            trial_name_creator=lambda t: trials[t.config["trial"]]["name"],
             trial_dirname_creator=lambda t: t.trial_id,
         ),
         run_config=tune.RunConfig(
@@ -106,16 +135,38 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
     errors = [r for r in grid if r.error is not None]
     for r in errors:
         print(f"h2t: trial failed after {cfg.max_failures} retries: {r.error}", file=sys.stderr)
-    return {"trials": len(specs), "errors": len(errors)}
+    streamed = sum(r.metrics["rows"][0]["metrics"].get("forward_passes", 0) for r in grid
+                   if r.error is None and "specs" in trials[r.config["trial"]] and r.metrics.get("rows"))
+    return {"trials": len(trials), "errors": len(errors)}, streamed
 
 
-def run_trial(config: dict, refs: dict, trials: list[dict], cache_uri: str | None, train_config: dict) -> None:
-    """Tune trainable: probes on shared features, or an image-level method on images."""
-    if trials[config["trial"]]["spec"].hps:
-        feature_trial(config, refs, trials)
+def run_trial(config: dict, trials: list[dict], cache_uri: str | None, train_config: dict) -> None:
+    """Tune trainable: probes on cached features (a CV trial, or a task x backbone's final
+    trial), or an image-level method on images."""
+    trial = trials[config["trial"]]
+    if "specs" in trial:
+        final_trial(config, trials, cache_uri)
+    elif trial["spec"].hps:
+        feature_trial(config, trials, cache_uri)
     else:
         image_trial(config, trials, cache_uri, train_config)
 
+
+def check_train_entries(cfg: SweepConfig, keys: dict) -> None:
+    """Every entry a probe will train on, read and validated in Ray tasks (digests, NaN/Inf,
+    label range) before any trial starts: a bad file stops the sweep with its one line. On
+    remote storage this also makes the node-local copy of the node that ran the check."""
+    wanted = [(task, key) for (task, _, split, _), key in keys.items() if split != "test"]
+    if not wanted:
+        return
+    remote = ray.remote(check_entry).options(num_cpus=cfg.resources.trial.cpu)
+    pending = [remote.remote(cfg.cache, key, get_task(task).num_classes) for task, key in wanted]
+    try:
+        ray.get(pending)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, H2TError):
+            raise e.cause from None
+        raise
 
 def cv_rows(tracker: Tracker, sweep_id: str) -> dict[tuple[str, str, str], list[dict]]:
     """Validation rows of finished CV trials, grouped by (task, backbone, method)."""
@@ -175,21 +226,23 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
     try:
         todo_cv = [s for s in (x.without(finished) for x in [*cv_specs(cfg), *image_cv_specs(cfg)]) if s is not None]
         stage = tracker.stage_run(sweep_id, parent, "extract")
-        extraction = extract_for_sweep(cfg)  # Ray tasks (GPU when the cluster has them) fill the cache
-        refs, driver_forwards = share_features(cfg, need_test=True)  # read back from the cache, into the object store
-        forwards = extraction.forward_passes + driver_forwards
-        tracker.client.log_metric(stage, "forward_passes", forwards)
+        splits = sweep_splits(cfg)
+        extraction = extract_for_sweep(cfg, splits)  # Ray tasks (GPU when the cluster has them) fill the cache
+        keys = sweep_keys(cfg, splits)
+        check_train_entries(cfg, keys)
+        tracker.client.log_metric(stage, "forward_passes", extraction.forward_passes)
         tracker.end(stage)
-        counts["forward_passes"] = forwards
+        counts["forward_passes"] = extraction.forward_passes
         stage = tracker.stage_run(sweep_id, parent, "cv")
-        counts["cv"] = _run_stage(cfg, todo_cv, tracker, sweep_id, stage, refs, out_dir, {})
+        counts["cv"], _ = _run_stage(cfg, todo_cv, tracker, sweep_id, stage, keys, out_dir, {})
         tracker.end(stage)
         best = {k: choose_best(rows) for k, rows in cv_rows(tracker, sweep_id).items()}
         finals = final_specs(cfg, best)
         extra = {s.name(): {"cv_accuracy": best[(s.task, s.backbone.name, s.method)]["mean_accuracy"]} for s in finals}
         todo_final = [s for s in (x.without(finished) for x in finals) if s is not None]
         stage = tracker.stage_run(sweep_id, parent, "final")
-        counts["final"] = _run_stage(cfg, todo_final, tracker, sweep_id, stage, refs, out_dir, extra)
+        counts["final"], streamed = _run_stage(cfg, todo_final, tracker, sweep_id, stage, keys, out_dir, extra)
+        counts["forward_passes"] += streamed  # test images the final trials forwarded
         tracker.end(stage)
         stage = ""
         failed = counts["cv"]["errors"] + counts["final"]["errors"]

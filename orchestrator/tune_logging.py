@@ -3,20 +3,28 @@
 A run opens (RUNNING) when its trial starts, closes FINISHED with metrics when the trial
 reports, and ends FAILED if the trial's process dies; Tune's retry opens a fresh run with
 the same trial key, so readers count a trial once (its newest FINISHED run). A FAILED run
-carries the error's one-line summary in the `h2t.error` tag, so the UI says why it failed.
+carries the error's one-line summary in the `h2t.error` tag, so the UI says why it failed
+(a probe that diverged fails this way too: `ProbeDiverged` names its config).
+
+Writes never stall the sweep: they queue in an outbox that is sent in order. While the
+tracking server is unreachable the outbox is held and retried with backoff from Tune's
+event loop, so trials keep running; when the stage ends the driver waits for the server
+up to the shared deadline (orchestrator.tracking.Outage), then journals what is left.
 """
 from __future__ import annotations
 
 import re
+import sys
+import time
 from pathlib import Path
 
 from ray.tune import Callback
 
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import Tracker, is_transient
 
 
 ERROR_TAG = "h2t.error"
-_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|OutOfMemory)\w*: ")
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|OutOfMemory|Diverged)\w*: ")
 
 
 def error_summary(trial) -> str:
@@ -38,26 +46,78 @@ class MlflowTrialLogger(Callback):
         self.sweep_id = sweep_id
         self.stage_run = stage_run
         self.task_groups = task_groups
-        self.open: dict[str, dict[str, str]] = {}  # tune trial id -> {trial key: mlflow run id}
+        self.open: dict[str, dict[str, str]] = {}  # tune trial id -> {trial key: run handle}
+        self.ids: dict[str, str] = {}  # run handle -> MLflow run id, once created
+        self.outbox: list[dict] = []  # writes not yet sent, in order
+        self.next_try = 0.0
+        self.attempt = 0
         self.logged = 0
         self.failed = 0
 
+    # -- the outbox --------------------------------------------------------------------------
+    def _send(self, ops: list[dict]) -> None:
+        self.outbox += ops
+        self._drain()
+
+    def _drain(self, wait: bool = False) -> bool:
+        """Send queued writes in order; True when all are sent. Without `wait` an outage only
+        schedules the next try; with it, retries continue up to the outage's deadline."""
+        outage = self.tracker.outage
+        while self.outbox:
+            if not wait and time.monotonic() < self.next_try:
+                return False
+            try:
+                self.tracker.apply(self.outbox[0], self.ids, wait=False)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                if outage.since is None:
+                    print(f"h2t: tracking server {self.tracker.uri} unreachable ({str(e).splitlines()[0][:200]}); "
+                          f"holding results and retrying for up to {outage.wait_s:.0f} s", file=sys.stderr)
+                outage.failed(e)
+                delay = min(0.5 * 2 ** self.attempt, 15.0)
+                self.attempt += 1
+                self.next_try = time.monotonic() + delay
+                if wait:
+                    if outage.remaining() <= 0:
+                        return False
+                    time.sleep(min(delay, outage.remaining()))
+                continue
+            self.outbox.pop(0)
+            if outage.since is not None:
+                print(f"h2t: tracking server back after {time.monotonic() - outage.since:.0f} s; sending held results", file=sys.stderr)
+            outage.ok()
+            self.attempt = 0
+        return True
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.outbox:
+            self._drain()
+
+    def on_experiment_end(self, trials, **info):
+        """The stage is over: wait for the server (to the shared deadline), journal what is left."""
+        if not self._drain(wait=True):
+            self.tracker.hold(self.outbox, self.ids)  # the driver's next call raises TrackingUnavailable, naming it
+            self.outbox = []
+
+    # -- trial events --------------------------------------------------------------------------
     def _open(self, trial) -> dict[str, str]:
         if trial.trial_id not in self.open:
-            spec = self.trials[trial.config["trial"]]["spec"]
-            self.open[trial.trial_id] = {
-                key: self.tracker.open_trial(spec, key, params, self.sweep_id, self.stage_run, self.task_groups.get(spec.task, ""))
-                for key, params in spec.runs()
-            }
+            t = self.trials[trial.config["trial"]]
+            handles = {}
+            for spec in t.get("specs") or [t["spec"]]:  # a final trial of a task x backbone holds several specs
+                for key, params in spec.runs():
+                    ops = self.tracker.open_trial_ops(spec, key, params, self.sweep_id, self.stage_run, self.task_groups.get(spec.task, ""))
+                    handles[key] = ops[0]["h"]
+                    self._send(ops)
+            self.open[trial.trial_id] = handles
         return self.open[trial.trial_id]
 
     def _fail(self, trial) -> None:
         runs = self.open.pop(trial.trial_id, {})
         reason = error_summary(trial) if runs else ""
-        for run_id in runs.values():
-            if reason:
-                self.tracker.client.set_tag(run_id, ERROR_TAG, reason)
-            self.tracker.end(run_id, "FAILED")
+        for h in runs.values():
+            self._send(self.tracker.fail_trial_ops(h, reason))
             self.failed += 1
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -66,9 +126,9 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         runs = self._open(trial)
         for row in result.get("rows", []):
-            run_id = runs.pop(row["key"], None)
-            if run_id is not None:
-                self.tracker.close_trial(run_id, row)
+            h = runs.pop(row["key"], None)
+            if h is not None:
+                self._send(self.tracker.close_trial_ops(h, row))
                 self.logged += 1
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -79,6 +139,6 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         leftover = self.open.pop(trial.trial_id, {})
-        for run_id in leftover.values():  # a trial that ended without reporting its rows
-            self.tracker.end(run_id, "FAILED")
+        for h in leftover.values():  # a trial that ended without reporting its rows
+            self._send(self.tracker.fail_trial_ops(h, ""))
             self.failed += 1

@@ -75,10 +75,12 @@ def local_ray(**env_vars: str) -> Iterator[None]:
 
 
 @contextmanager
-def trial_worker_killer(ready: Callable[[], bool] = lambda: True) -> Iterator[list[int]]:
-    """While the block runs, SIGKILL the first Ray worker of ours that is running a trial
-    (process title `ray::ImplicitFunc.train`) once `ready()` holds: the death a pre-empted
-    node or the OOM killer gives. Yields the list of killed PIDs."""
+def worker_killer(ready: Callable[[], bool] = lambda: True, title: str = "ray::ImplicitFunc.train",
+                        chosen: Callable[[psutil.Process], bool] = lambda proc: True) -> Iterator[list[int]]:
+    """While the block runs, SIGKILL the first Ray worker of ours whose process title starts
+    with `title` (a trial by default; `ray::_extract_job` for extraction) and that `chosen`
+    accepts, once `ready()` holds: the death a pre-empted node or the OOM killer gives.
+    Yields the list of killed PIDs."""
     stop, killed = threading.Event(), []
 
     def watch() -> None:
@@ -87,13 +89,13 @@ def trial_worker_killer(ready: Callable[[], bool] = lambda: True) -> Iterator[li
             if ready():
                 for proc in me.children(recursive=True):
                     try:
-                        if proc.cmdline() and proc.cmdline()[0].startswith("ray::ImplicitFunc.train"):
+                        if proc.cmdline()[:1] and proc.cmdline()[0].startswith(title) and chosen(proc):
                             os.kill(proc.pid, signal.SIGKILL)
                             killed.append(proc.pid)
                             break
-                    except psutil.Error:
+                    except (psutil.Error, FileNotFoundError):
                         continue
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()

@@ -7,9 +7,15 @@ output folder (a backbone pass or a Ray start would leave one or take much longe
 """
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +26,14 @@ from PIL import Image
 from sweep_helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_SECONDS = 20  # interpreter start + imports; ~4-10 s here on 2 shared cores, a backbone pass or Ray start is more
+MAX_SECONDS = 30  # interpreter start + imports: ~4-10 s alone on 2 cores, up to ~29 s measured at load 17; a backbone pass or Ray start is more
 RUN = ["--weights", "random", "--input-size", "64", "--lr", "0.1", "--steps", "5", "--coef", "0", "--target-size", "16"]
 
 
-def h2t(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+def h2t(*args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, **(env or {})})
     return proc, time.perf_counter() - start
 
 
@@ -52,9 +59,41 @@ def image_folder(root: Path, classes: list[str], n: int = 3, bad: str | None = N
     return root
 
 
+def bomb_png(path: Path, side: int = 15000) -> None:
+    """A valid PNG header claiming side x side pixels (above Pillow's decompression-bomb limit)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0])  # 1-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+IMAGE_FAULTS = ["missing", "empty", "one_class", "unreadable", "truncated_jpeg", "bomb", "empty_file", "empty_class",
+                "float_out_of_range"]
+
+
 def make_folder(tmp_path: Path, case: str) -> tuple[str, str]:
     """An `imagefolder:` task with one fault, and the text its refusal must contain."""
     root = tmp_path / "images"
+    bad = root / "train" / "a"
+    if case in ("truncated_jpeg", "bomb", "empty_file", "empty_class", "float_out_of_range"):
+        image_folder(root, ["a", "b"])
+    if case == "truncated_jpeg":  # opens and passes verify(); only decoding finds the missing data
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(bad / "cut.jpg", quality=95)
+        data = (bad / "cut.jpg").read_bytes()
+        (bad / "cut.jpg").write_bytes(data[: len(data) // 2])
+        return f"imagefolder:{root}", f"{bad / 'cut.jpg'}' (OSError: image file is truncated"
+    if case == "bomb":
+        bomb_png(bad / "huge.png")
+        return f"imagefolder:{root}", f"{bad / 'huge.png'}' (too large to decode safely: Image size (225000000 pixels)"
+    if case == "empty_file":
+        (bad / "zero.png").write_bytes(b"")
+        return f"imagefolder:{root}", f"{bad / 'zero.png'}' (empty file)"
+    if case == "empty_class":  # torchvision's ImageFolder refuses this too (allow_empty=False)
+        (root / "train" / "c").mkdir()
+        return f"imagefolder:{root}", "class folder(s) ['c'] hold no images"
+    if case == "float_out_of_range":
+        Image.fromarray(np.full((8, 8), 40.0, np.float32)).save(bad / "hdr.tif")
+        return f"imagefolder:{root}", f"{bad / 'hdr.tif'}' (ValueError: float image with values in [40, 40]"
     if case == "missing":
         return f"imagefolder:{root}", "does not exist"
     if case == "empty":
@@ -81,7 +120,18 @@ RUN_CASES = {
     "keep_fraction_zero": (["--task", "faces", "--keep-fraction", "0"], ["--keep-fraction must be in (0, 1]"]),
     "keep_fraction_above_one": (["--task", "faces", "--keep-fraction", "1.5"], ["--keep-fraction must be in (0, 1]"]),
     "target_size_zero": (["--task", "faces", "--target-size", "0"], ["--target-size must be > 0"]),
+    "lr_huge": (["--task", "faces", "--lr", "1e308"], ["--lr must be > 0 and <= 10, got 1e308"]),
+    "lr_nan": (["--task", "faces", "--lr", "nan"], ["--lr must be > 0 and <= 10, got nan"]),
+    "steps_huge": (["--task", "faces", "--steps", "10000000000"], ["--steps must be > 0 and <= 100000, got 10000000000"]),
+    "batch_size_zero": (["--task", "faces", "--batch-size", "0"], ["--batch-size must be in 1..65536, got 0"]),
+    "input_size_zero": (["--task", "faces", "--input-size", "0"], ["--input-size must be in 16..4096, got 0"]),
+    "input_size_negative": (["--task", "faces", "--input-size", "-5"], ["--input-size must be in 16..4096, got -5"]),
+    "seed_beyond_64_bits": (["--task", "faces", "--seed", str(2**64)], [f"--seed must be in 0..{2**63 - 1}, got {2**64}"]),
+    "seed_negative": (["--task", "faces", "--seed", "-1"], ["--seed must be in 0..", "got -1"]),
+    "device_unknown": (["--task", "faces", "--device", "tpu"], ["--device 'tpu' is not a device name", "cpu, cuda or cuda:N"]),
 }
+if not __import__("torch").cuda.is_available():
+    RUN_CASES["device_cuda_without_gpu"] = (["--task", "faces", "--device", "cuda"], ["--device 'cuda': no CUDA GPU is visible"])
 
 
 @pytest.mark.parametrize("case", list(RUN_CASES))
@@ -91,10 +141,10 @@ def test_h2t_run_refuses(tmp_path, case):
     # the bad flag comes last, so it overrides the valid defaults in RUN
     proc, elapsed = h2t("run", "--cache", str(cache), "--method", "linear", *RUN, *args)
     assert_refused(proc, elapsed, *fragments)
-    assert not list(cache.rglob("*.parquet"))  # nothing extracted
+    assert not cache.exists()  # not even an empty cache folder
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "one_class", "unreadable"])
+@pytest.mark.parametrize("case", IMAGE_FAULTS)
 def test_h2t_run_refuses_bad_imagefolder(tmp_path, case):
     task, fragment = make_folder(tmp_path, case)
     cache = tmp_path / "cache"
@@ -160,6 +210,10 @@ SWEEP_CASES = {
     "keep_fraction_above_one": (_grid(keep_fractions=[0.1, 1.5]), ["methods.head2toe.keep_fractions", "(0, 1]", "[1.5]"]),
     "target_size_zero": (_grid(target_size=[0]), ["methods.head2toe.target_size", "positive integers"]),
     "unknown_field": (_with(foldz=[0]), ["foldz", "Extra inputs are not permitted"]),
+    "lr_huge": (_grid(lr=[0.1, 1e308]), ["methods.head2toe.lr", "must be > 0 and <= 10", "[1e+308]"]),
+    "steps_huge": (_grid(steps=[10_000_000_000]), ["methods.head2toe.steps", "<= 100000", "[10000000000]"]),
+    "seed_beyond_64_bits": (_with(seeds=[0, 2**64]), ["seeds", f"seeds must lie in 0..{2**63 - 1}", str(2**64)]),
+    "input_size_zero": (_with(backbones=[{"name": "efficientnet_lite0", "input_size": 0}]), ["backbones.0.input_size", "greater than 0"]),
 }
 
 
@@ -196,9 +250,124 @@ def test_h2t_sweep_refuses_missing_config(tmp_path):
     assert_refused(proc, elapsed, "not found", "absent.yaml")
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "one_class", "unreadable"])
+@pytest.mark.parametrize("case", ["missing", "empty", "one_class", "unreadable", "truncated_jpeg", "empty_class"])
 def test_h2t_sweep_refuses_bad_imagefolder(tmp_path, case):
     task, fragment = make_folder(tmp_path, case)
     proc, elapsed, out = sweep(tmp_path, yaml.safe_dump(_with(tasks=[task])))
     assert_refused(proc, elapsed, "tasks", fragment)
     assert_nothing_started(tmp_path, out)
+
+
+def test_h2t_sweep_refuses_duplicated_yaml_key(tmp_path):
+    text = yaml.safe_dump(TINY, sort_keys=False) + "tasks: [digits]\n"  # plain YAML would keep the last
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines, 1) if ln.startswith("tasks:"))
+    proc, elapsed, out = sweep(tmp_path, text)
+    assert_refused(proc, elapsed, f"malformed YAML at line {len(lines)}, column 1", f"duplicated key 'tasks' (first at line {first})",
+                   str(tmp_path / "bad.yaml"))
+    assert_nothing_started(tmp_path, out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_h2t_sweep_refuses_unreachable_tracking_server(tmp_path):
+    """Nothing listens on the port: one line within seconds (it used to print nothing for minutes)."""
+    path, out = tmp_path / "ok.yaml", tmp_path / "out"
+    path.write_text(yaml.safe_dump(TINY))
+    uri = f"http://127.0.0.1:{free_port()}"
+    proc, elapsed = h2t("sweep", str(path), "--out", str(out), "--tracking-uri", uri, "--cache", str(tmp_path / "cache"))
+    assert_refused(proc, elapsed, f"tracking server {uri} did not answer within 5 s", "Connection refused")
+    assert_nothing_started(tmp_path, out)
+
+
+@contextmanager
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: what a blackholed
+    S3 endpoint looks like to a client (pyarrow's defaults wait ~200 s on it)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        sock.close()
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_unanswering_s3_cache_is_refused_in_seconds(tmp_path, command):
+    with silent_server() as port:
+        uri = f"s3://bucket/features?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        if command == "run":
+            proc, elapsed = h2t("run", "--task", "faces", "--cache", uri, "--method", "linear", *RUN)
+        else:
+            (tmp_path / "s3.yaml").write_text(yaml.safe_dump({**TINY, "cache": uri}))
+            proc, elapsed = h2t("sweep", str(tmp_path / "s3.yaml"), "--out", str(tmp_path / "out"))
+            assert not (tmp_path / "out").exists()
+    assert_refused(proc, elapsed, f"cannot reach feature cache {uri!r}", "Timeout was reached", "pass --cache with a local folder")
+
+
+@contextmanager
+def read_only(folder: Path):
+    """`folder` unwritable even for root (chattr +i), or the test is skipped where that is not allowed."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder read-only here (chattr +i refused)")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_read_only_cache_with_a_damaged_file_is_refused_before_any_forward_pass(tmp_path):
+    """One damaged file in a cache that cannot be written: refused up front (it used to run 20 s
+    of forward passes, then fail on save with a PermissionError traceback)."""
+    from head2toe.backbones import create_backbone
+    from head2toe.provider import feature_key
+    from head2toe.tasks import get_task
+
+    cache = tmp_path / "cache"
+    cached_faces(cache, "none")
+    files = sorted(cache.glob("*.parquet"))
+    test_key = feature_key(get_task("faces"), "test", create_backbone("efficientnet_lite0", weights="random", input_size=64), 16, "float16")
+    damaged = cache / f"{test_key}.parquet"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with read_only(cache):
+        proc, elapsed = h2t("run", "--task", "faces", "--cache", str(cache), "--method", "linear", *RUN)
+        assert_refused(proc, elapsed, f"feature cache {cache} is not writable", "1 of 2 needed feature file(s) must be written",
+                       f"{damaged} is damaged", "pass --cache with a writable folder")
+        proc, elapsed = h2t("extract", "--task", "faces", "--weights", "random", "--input-size", "64", "--target-size", "16",
+                            "--cache", str(cache))
+        assert_refused(proc, elapsed, f"feature cache {cache} is not writable", "1 file(s) must be written", str(damaged))
+        proc, _ = h2t("run", "--task", "faces", "--cache", str(cache), "--method", "linear", *RUN, "--fold", "0", "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]  # a read-only cache that holds what is needed (train) is fine
+        assert json.loads(proc.stdout)["forward_passes"] == 0
+    assert sorted(cache.glob("*.parquet")) == files

@@ -58,7 +58,9 @@ def test_roundtrip_projection_and_footer(tmp_path, monkeypatch, dtype, group_byt
     assert f.schema_arrow.field("index").type == pa.int64()
     doc = cache.read_meta("k")
     assert doc["dtype"] == np.dtype(dtype).name and [x["width"] for x in doc["layers"]] == [24, 7, 5]
-    assert set(doc["checksum"]["columns"]) == {"blocks.0.0.bn1", "blocks.1", "pre_logits", "index", "label"}
+    groups = doc["checksum"]["row_groups"]
+    assert [g["rows"] for g in groups] == ([40] if not group_bytes else [11, 11, 11, 7])
+    assert all(set(g["columns"]) == {"blocks.0.0.bn1", "blocks.1", "pre_logits", "index", "label"} for g in groups)
     assert cache.contains("k", verify_data=False) and not cache.contains("absent", verify_data=False)
     assert cache.load("absent") is None and not cache.rejected
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
@@ -99,6 +101,7 @@ def test_damaged_file_is_reported_and_rebuilt(tmp_path, tiny, faces, caplog, dam
     cache = open_cache(str(tmp_path))
     first = FeatureProvider(tiny, store=cache, progress=False)
     want = first.get(faces, "train", [64])[64]
+    want = LayerFeatures({k: v.copy() for k, v in want.layers.items()}, want.labels.copy())  # it maps the file we damage in place
     assert first.forward_passes == 100
     key = feature_key(faces, "train", tiny, 64)
     damage(cache.path(key))
@@ -184,6 +187,9 @@ def test_same_cache_through_s3(s3_uri, tiny, faces, caplog):
     got = warm.get(faces, "test", [64], layers=["pre_logits", "logits"])[64]
     assert warm.forward_passes == 0 and got.layer_names == ["pre_logits", "logits"]
     assert np.array_equal(got.layers["logits"], want.layers["logits"])
+    key = feature_key(faces, "test", tiny, 64)
+    streamed = [c.layers["logits"] for c in open_cache(uri).iter_rows(key, ["logits"])]  # Arrow's row-group reads
+    assert np.array_equal(np.concatenate(streamed), want.layers["logits"]) and open_cache(uri).entry_files(key) == [f"{key}.parquet"]
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="h2t")["Contents"] if not o["Key"].endswith("/")]  # no temp objects
     assert keys == [f"features/{feature_key(faces, 'test', tiny, 64)}.parquet"], keys
@@ -200,6 +206,7 @@ def _cli(*argv: str, cache: Path) -> dict:
     out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv, "--cache", str(cache), "--json"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "not writable" not in out.stderr, out.stderr[-2000:]  # no torch warning about read-only cached arrays
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

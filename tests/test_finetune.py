@@ -189,3 +189,44 @@ def test_h2t_run_image_method_on_a_fold(capsys):
     assert main(["run", "--task", "faces", "--method", "scratch", "--keep-fraction", "0.1", "--input-size", "32", "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "scratch takes only lr and steps; keep_fraction apply to head2toe_ft" in err and len(err.splitlines()) == 1
+
+
+def test_recipes_fill_what_is_not_given():
+    vtab, ref = TrainConfig(), TrainConfig(recipe="reference")
+    assert (vtab.optimizer, vtab.batch_size, vtab.warmup_fraction, vtab.augment, vtab.bn, vtab.head_init, vtab.select_at_trial_hp) == \
+        ("sgd", 512, 0.1, None, None, "zeros", False)
+    assert (ref.optimizer, ref.batch_size, ref.warmup_fraction, ref.augment, ref.bn, ref.head_init, ref.select_at_trial_hp) == \
+        ("adam", 128, 0.0, "none", "train", "glorot", True)
+    assert TrainConfig(recipe="reference", batch_size=64).batch_size == 64  # a field given explicitly wins
+    assert TrainConfig(recipe="reference").as_dict() != TrainConfig().as_dict()  # the recipe enters the trial identity
+    with pytest.raises(H2TError, match="recipe must be one of"):
+        TrainConfig(recipe="bit")
+    # the reference's schedule: cosine from step 0 (Keras CosineDecay), no warmup
+    assert [lr_at(t, 100, 0.1, ref.warmup_fraction) for t in (0, 25, 50, 75)] == pytest.approx([0.1, 0.0853553, 0.05, 0.0146447], abs=1e-7)
+
+
+def test_reference_recipe_optimiser_and_head_init():
+    from head2toe.image_methods.models import init_head
+    from head2toe.image_methods.trainer import make_optimizer
+
+    params = [nn.Parameter(torch.zeros(3))]
+    adam = make_optimizer(params, 0.01, TrainConfig(recipe="reference"))
+    assert isinstance(adam, torch.optim.Adam) and adam.defaults["eps"] == 1e-7 and adam.defaults["betas"] == (0.9, 0.999)
+    assert isinstance(make_optimizer(params, 0.01, TrainConfig()), torch.optim.SGD)
+    head = init_head(nn.Linear(300, 10), "glorot", seed=3)
+    bound = (6 / 310) ** 0.5
+    assert 0.95 * bound < float(head.weight.detach().abs().max()) <= bound and not head.bias.any()
+    assert torch.equal(head.weight, init_head(nn.Linear(300, 10), "glorot", seed=3).weight)
+    assert not init_head(nn.Linear(300, 10), "zeros").weight.any()
+
+
+def test_reference_recipe_trains_head2toe_ft_selecting_at_the_trials_lr_and_steps(monkeypatch):
+    import head2toe.image_methods.run as run_mod
+
+    seen = []
+    real = run_mod.train_probes
+    monkeypatch.setattr(run_mod, "train_probes", lambda *a, **k: seen.append(a[3][0]) or real(*a, **k))
+    cfg = TrainConfig(recipe="reference", batch_size=16, micro_batch=8)
+    r = _run("head2toe_ft", {**H2T_FT, "steps": 2}, config=cfg)
+    assert (seen[0].lr, seen[0].steps, seen[0].penalty) == (H2T_FT["lr"], 2, "group")
+    assert r["bn"] == "train" and r["augment"] == "none" and np.isfinite(r["train_loss"])

@@ -7,26 +7,26 @@ from head2toe.pooling import pool_to_target, pooled_size
 
 
 def reference_count(shape, t):
-    """The rule written out independently of the implementation."""
+    """The rule written out independently of the implementation (global mean when the pool size is 0)."""
     if len(shape) == 3:
         c, h, w = shape
         if c >= t:
             return c
         n = math.floor(math.sqrt(t // c))
         pool = w // n
-        return c * (h // pool) * (w // pool)
+        return c * (h // pool) * (w // pool) if pool else c
     length, c = shape
     if c >= t:
         return c
     pool = math.floor(length / (t / c))
-    return c * (length // pool)
+    return c * (length // pool) if pool else c
 
 
 @pytest.mark.parametrize(
     "shape,t",
     [((32, 112, 112), 512), ((64, 56, 56), 1024), ((256, 56, 56), 8192), ((2048, 7, 7), 1024),
      ((40, 28, 28), 2048), ((1280, 7, 7), 16384), ((197, 768), 1024), ((197, 3072), 8192),
-     ((197, 768), 4096), ((50, 64), 640)],
+     ((197, 768), 4096), ((50, 64), 640), ((64, 4, 4), 8192), ((512, 7, 7), 65536), ((10, 64), 8192)],
 )
 def test_pooled_count_matches_rule(shape, t):
     x = torch.randn(2, *shape)
@@ -57,3 +57,17 @@ def test_vectors_pass_through_and_bad_input():
         pool_to_target(v, 0)
     with pytest.raises(ValueError, match="rank"):
         pool_to_target(torch.randn(1, 2, 3, 4, 5), 8)
+
+
+def test_pool_size_zero_falls_back_to_a_global_average_as_the_reference():
+    # (64, 4, 4) at T=8192: n = isqrt(128) = 11 > W = 4 -> pool size 0
+    x = torch.randn(2, 64, 4, 4)
+    assert pool_to_target(x, 8192).shape == (2, 64) and pooled_size((64, 4, 4), 8192) == 64
+    assert torch.allclose(pool_to_target(x, 8192), x.mean(dim=(2, 3)))
+    # the earlier rule, kept as a named option: pool size 1, every position
+    assert pool_to_target(x, 8192, edge="clamp").shape == (2, 1024) == (2, pooled_size((64, 4, 4), 8192, "clamp"))
+    tokens = torch.randn(2, 10, 64)  # T/C = 128 groups > 10 tokens -> pool size 0
+    assert torch.allclose(pool_to_target(tokens, 8192), tokens.mean(dim=1)) and pooled_size((10, 64), 8192) == 64
+    assert pooled_size((10, 64), 8192, "clamp") == 640
+    with pytest.raises(ValueError, match="edge must be one of"):
+        pool_to_target(x, 8, edge="nope")

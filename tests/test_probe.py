@@ -75,3 +75,73 @@ def test_stacked_probes_equal_separate_training():
     for xi, cfg, p in zip(xs, configs, stacked):
         (alone,) = train_probes(xi, y, 3, [cfg], seed=2, device="cpu")
         assert torch.allclose(alone.weight, p.weight, atol=1e-5)
+
+
+# ---- the optimiser and loss pinned against independent implementations
+
+
+def _torch_reference(x, y, num_classes, lr, steps, penalty, coef, seed, init):
+    """The same probe written with torch.optim.Adam (Keras' eps 1e-7) and a cosine LambdaLR."""
+    import math
+
+    from head2toe.probe import glorot_uniform
+
+    f = x.shape[1]
+    w = torch.nn.Parameter(glorot_uniform(f, num_classes, seed) if init == "glorot" else torch.zeros(f, num_classes))
+    b = torch.nn.Parameter(torch.zeros(num_classes))
+    opt = torch.optim.Adam([w, b], lr=lr, betas=(0.9, 0.999), eps=1e-7)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps)))
+    for idx in batch_schedule(len(x), steps, 128, seed):
+        loss = torch.nn.functional.cross_entropy(x[idx] @ w + b, y[idx])
+        if penalty == "group":
+            loss = loss + coef * w.norm(dim=1).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return w.detach(), b.detach()
+
+
+@pytest.mark.parametrize("penalty,coef,init", [("none", 0.0, "glorot"), ("group", 1e-3, "glorot"), ("group", 1e-3, "zeros")])
+def test_probe_equals_torch_adam_with_cosine_lambdalr(penalty, coef, init):
+    x, y = blobs(n=300, f=12)
+    (p,) = train_probes(x, y, 3, [ProbeConfig(0.05, 50, penalty, coef, init=init)], seed=5, device="cpu")
+    w, b = _torch_reference(x, y, 3, 0.05, 50, penalty, coef, seed=5, init=init)
+    assert torch.allclose(p.weight, w, atol=1e-5) and torch.allclose(p.bias, b, atol=1e-5)
+    # and it is not trivially so: other Adam constants or another schedule move the weights
+    w_eps8 = _torch_reference(x, y, 3, 0.05, 60, penalty, coef, seed=5, init=init)[0]
+    assert not torch.allclose(p.weight, w_eps8, atol=1e-5)
+
+
+def test_penalty_value_and_gradient_equal_the_closed_form():
+    from head2toe.probe import _penalty
+
+    w = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0]])[:, None, :].repeat(1, 3, 1).requires_grad_(True)  # (F=3, K=3, C=2)
+    coefs = torch.tensor([0.5, 0.25, 2.0])
+    total = _penalty(w, ["group", "l1", "l2"], coefs)
+    value = float(total.detach())
+    # group: 0.5 * (5 + 0 + 1); l1: 0.25 * (3 + 4 + 1); l2: 2 * (9 + 16 + 1)
+    assert value == pytest.approx(0.5 * 6 + 0.25 * 8 + 2.0 * 26, rel=1e-6)
+    (g,) = torch.autograd.grad(total, w)
+    assert torch.allclose(g[:, 0], 0.5 * torch.tensor([[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]]), atol=1e-6)  # W_i / ||W_i||, 0 at 0
+    assert torch.allclose(g[:, 1], 0.25 * torch.tensor([[1.0, 1.0], [0.0, 0.0], [-1.0, 0.0]]))
+    assert torch.allclose(g[:, 2], 2.0 * 2 * w[:, 2].detach())
+
+
+def test_glorot_init_is_keras_dense_and_depends_only_on_the_seed():
+    from head2toe.probe import glorot_uniform
+
+    w = glorot_uniform(4000, 10, seed=1)
+    bound = (6 / 4010) ** 0.5
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.99 * bound
+    assert float(w.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.02)  # U(-a, a) has std a / sqrt(3)
+    assert torch.equal(w, glorot_uniform(4000, 10, seed=1)) and not torch.equal(w, glorot_uniform(4000, 10, seed=2))
+    x, y = blobs(f=30)
+    configs = [ProbeConfig(0.05, 30, init="zeros"), ProbeConfig(0.05, 30, init="glorot")]
+    mixed = train_probes(x, y, 3, configs, seed=0, device="cpu")
+    for cfg, t in zip(configs, mixed):
+        (alone,) = train_probes(x, y, 3, [cfg], seed=0, device="cpu")
+        assert torch.allclose(alone.weight, t.weight, atol=1e-6)
+    assert not torch.allclose(mixed[0].weight, mixed[1].weight, atol=1e-3)
+    with pytest.raises(ValueError, match="init must be one of"):
+        ProbeConfig(0.1, 10, init="ones")

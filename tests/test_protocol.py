@@ -37,3 +37,31 @@ def test_grid_order_and_size():
     g = expand_grid([0.1, 0.01], [500, 5000], [1e-4, 1e-3], [512, 1024], [0.01, 0.1])
     assert len(g) == 16 and g[0].target_size == 512 and g[-1].target_size == 1024
     assert all(h.keep_fractions == (0.01, 0.1) for h in g)
+
+
+def test_cross_validation_reads_the_tasks_cv_split_and_the_final_run_train():
+    """VTAB tasks validate on train1000 (the reference's folds) but finally train on train800val200."""
+    from head2toe.backbones import create_backbone
+    from head2toe.evaluate import cross_validate, final_run
+    from head2toe.methods import HParams, get_method
+    from head2toe.provider import FeatureProvider
+    from head2toe.tasks.base import ImageSplit, Task
+
+    sizes = {"train": 40, "test": 20, "train1000": 30}
+
+    class TwoSources(Task):
+        name, num_classes, cv_split = "two_sources", 2, "train1000"
+
+        def split_sizes(self):
+            return dict(sizes)
+
+        def load(self, split):
+            rng = np.random.default_rng(len(split))
+            return ImageSplit(rng.integers(0, 256, (sizes[split], 16, 16, 3), dtype=np.uint8), np.arange(sizes[split]) % 2)
+
+    provider = FeatureProvider(create_backbone("efficientnet_lite0", weights="random", input_size=32), progress=False)
+    task, method, hp = TwoSources(), get_method("linear"), HParams(0.1, 5, 0.0, 64)
+    cross_validate(provider, task, method, [hp], folds=[0])
+    assert provider.forward_passes == sizes["train1000"]
+    final_run(provider, task, method, hp)
+    assert provider.forward_passes == sum(sizes.values())

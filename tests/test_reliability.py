@@ -20,11 +20,12 @@ import ray
 import yaml
 
 from analysis.runs import load_runs
+from head2toe.cache import open_cache
 from orchestrator.config import load_config
 from orchestrator.trial import SIMULATE_OOM
 from orchestrator.tune_logging import ERROR_TAG
 from sweep_helpers import local_ray as local_ray_session
-from sweep_helpers import runs, trial_status_counts, trial_worker_killer, write_config
+from sweep_helpers import runs, trial_status_counts, worker_killer, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 OOM_METHOD = "all_l2"  # the fault-injection hook makes this method's trials raise CUDA OOM (see orchestrator/trial.py)
@@ -49,7 +50,7 @@ def test_killed_trial_worker_is_retried_and_counted_once(local_ray, cache_uri, t
 
     cfg = load_config(write_config(tmp_path / "kill.yaml", seeds=[0], folds=[0, 1], methods={"linear": LINEAR},
                                    max_concurrent_trials=1, max_failures=2, cache=cache_uri))
-    with trial_worker_killer() as killed:
+    with worker_killer() as killed:
         res = run_sweep(cfg, tmp_path / "out")
     assert len(killed) == 1
     assert res.counts["cv"] == {"trials": 2, "errors": 0} and res.counts["final"] == {"trials": 1, "errors": 0}
@@ -67,7 +68,7 @@ def test_killed_trial_worker_is_retried_and_counted_once(local_ray, cache_uri, t
 
 
 def test_out_of_memory_trial_fails_clearly_and_the_sweep_goes_on(local_ray, cache_uri, tmp_path, capsys):
-    from orchestrator.features import share_features
+    from orchestrator.features import sweep_keys
     from orchestrator.sweep import run_sweep
 
     cfg = load_config(write_config(tmp_path / "oom.yaml", seeds=[0], folds=[0], max_failures=1, cache=cache_uri,
@@ -78,18 +79,35 @@ def test_out_of_memory_trial_fails_clearly_and_the_sweep_goes_on(local_ray, cach
     all_runs = [r for r in runs(res.tracking_uri) if r.data.tags.get("h2t.kind") == "trial"]
     by = Counter((r.data.params["method"], r.data.tags["h2t.stage"], r.info.status) for r in all_runs)
     assert by == Counter({("linear", "cv", "FINISHED"): 1, ("linear", "final", "FINISHED"): 1, (OOM_METHOD, "cv", "FAILED"): 2})
-    refs, forwards = share_features(cfg)
-    assert forwards == 0  # from the cache
-    train = ray.get(next(v for k, v in refs.items() if "|train|" in k))
+    (key,) = sweep_keys(cfg, ("train",)).values()
+    n_features = sum(x["width"] for x in open_cache(cfg.cache).read_meta(key)["layers"])
     for r in all_runs:
         if r.info.status == "FAILED":
             msg = r.data.tags[ERROR_TAG]
             assert msg.startswith("orchestrator.trial.TrialOutOfMemory: out of memory in trial cv_faces_efficientnet_lite0_all_l2_s0_f0_T16")
             assert "method=all_l2" in msg and "lr=0.1 steps=300 coef=0.001 target_size=16" in msg
-            assert f"n_features={train.n_features} " in msg and "CUDA out of memory (simulated" in msg
+            assert f"n_features={n_features} " in msg and "CUDA out of memory (simulated" in msg
     assert "out of memory in trial cv_faces_efficientnet_lite0_all_l2" in capsys.readouterr().err
     sweep_run = next(r for r in runs(res.tracking_uri) if r.data.tags.get("h2t.kind") == "sweep")
     assert sweep_run.info.status == "FAILED"  # a sweep with a failed trial says so
+
+
+def test_a_diverged_probe_fails_its_trial_by_name(local_ray, cache_uri, tmp_path, capsys):
+    """A group-lasso coefficient that overflows the loss: the trial fails as ProbeDiverged (its
+    config in the h2t.error tag), never a FINISHED run with chance accuracy; the rest go on."""
+    from orchestrator.sweep import run_sweep
+
+    cfg = load_config(write_config(tmp_path / "diverge.yaml", seeds=[0], folds=[0], max_failures=0, cache=cache_uri,
+                                   methods={"linear": LINEAR, "all_group": {**LINEAR, "coef": [1.0e38]}}))
+    res = run_sweep(cfg, tmp_path / "out")
+    assert res.counts["cv"] == {"trials": 2, "errors": 1} and res.counts["final"] == {"trials": 1, "errors": 0}
+    all_runs = [r for r in runs(res.tracking_uri) if r.data.tags.get("h2t.kind") == "trial"]
+    by = Counter((r.data.params["method"], r.data.tags["h2t.stage"], r.info.status) for r in all_runs)
+    assert by == Counter({("linear", "cv", "FINISHED"): 1, ("linear", "final", "FINISHED"): 1, ("all_group", "cv", "FAILED"): 1})
+    (failed,) = [r for r in all_runs if r.info.status == "FAILED"]
+    assert failed.data.tags[ERROR_TAG].startswith("head2toe.errors.ProbeDiverged: probe diverged")
+    assert "lr=0.1 steps=300 penalty=group coef=1e+38" in failed.data.tags[ERROR_TAG] and not failed.data.metrics
+    assert "ProbeDiverged" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage,fragment", [("nan", "features of layer 'blocks.0.0' hold NaN/Inf"), ("labels", "labels out of range")],

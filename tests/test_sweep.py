@@ -25,6 +25,7 @@ def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path):
     # 2 folds x (1 linear hp + 2 head2toe hps) CV runs; 2 methods x 2 seeds final runs
     assert trial_status_counts(all_runs) == Counter({("cv", "FINISHED"): 6, ("final", "FINISHED"): 4})
     assert kinds == Counter({"trial": 10, "stage": 3, "sweep": 1})
+    assert res.counts["final"] == {"trials": 1, "errors": 0}  # one Tune trial fits and scores all 4 final runs
     for r in all_runs:
         tags, params = r.data.tags, r.data.params
         if tags["h2t.kind"] == "trial":
@@ -33,6 +34,7 @@ def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path):
             assert by_id[stage.data.tags["mlflow.parentRunId"]].data.tags["h2t.kind"] == "sweep"
             assert {"task", "task_group", "backbone", "method", "seed", "fold", "stage", "lr", "steps", "coef", "target_size"} <= set(params)
             assert params["task"] == "faces" and params["backbone"] == "efficientnet_lite0"
+            assert params["backbone_timm_id"] == "tf_efficientnet_lite0"  # the pinned tag the name resolved to
             assert len(tags["h2t.trial_key"]) == 20 and tags["h2t.git_commit"]
             metrics = r.data.metrics
             if tags["h2t.stage"] == "cv":

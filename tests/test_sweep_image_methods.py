@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.sweep import run_sweep
-from sweep_helpers import runs, trial_status_counts, trial_worker_killer, write_config
+from sweep_helpers import runs, trial_status_counts, worker_killer, write_config
 
 TRAINING = {"batch_size": 16, "micro_batch": 16, "select_steps": 20, "checkpoint_every": 5, "eval_batch": 64}
 
@@ -51,7 +51,7 @@ def test_preempted_finetune_trial_resumes_from_its_tune_checkpoint(local_ray, tm
     cfg = load_config(image_config(tmp_path, {"finetune": {"lr": [0.01], "steps": [40]}}, folds=[0], max_failures=2))
     storage = tmp_path / "out" / "tune"
     # pre-empted after Tune persisted (and, a moment later, registered) two checkpoints
-    with trial_worker_killer(lambda: len(list(storage.glob("**/checkpoint_*"))) >= 2 and not time.sleep(0.5)) as killed:
+    with worker_killer(lambda: len(list(storage.glob("**/checkpoint_*"))) >= 2 and not time.sleep(0.5)) as killed:
         res = run_sweep(cfg, tmp_path / "out")
     assert len(killed) == 1
     assert res.counts["cv"] == {"trials": 1, "errors": 0}

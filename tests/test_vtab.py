@@ -65,8 +65,9 @@ def test_registry_names_groups_and_classes():
 def test_split_rules_follow_task_adaptation(name, tmp_path):
     task = vtab_task(name, tmp_path)  # nothing prepared: the tfds catalogue sizes decide
     train, test, n_test = CATALOGUE[name]
-    assert task.split_specs() == {"train": train, "test": test}
-    assert task.split_sizes() == {"train": 1000, "test": n_test}
+    assert task.split_specs() == {"train": train, "test": test, "train1000": "train[:1000]"}
+    assert task.split_sizes() == {"train": 1000, "test": n_test, "train1000": 1000}
+    assert task.cv_split == "train1000"  # the reference's folds: the raw tfds train[:1000]
     counts = task.spec.dataset.counts
     assert parse_split(train, counts)[0] == ("train", 0, 800)
     assert sum(b - a for _, a, b in parse_split(train, counts)) == 1000
@@ -147,7 +148,7 @@ def test_definition_names_tfds_version_and_splits(mock_dir, tmp_path):
     prepared, bare = vtab_task("clevr_count", mock_dir), vtab_task("clevr_count", tmp_path)
     d = prepared.definition()
     assert d["tfds"] == {"name": "clevr", "config": None, "version": "3.1.0"}
-    assert d["splits"] == {"train": "train[:800]+train[1800:2000]", "test": "validation"}
+    assert d["splits"] == {"train": "train[:800]+train[1800:2000]", "test": "validation", "train1000": "train[:1000]"}
     assert d["label"] == {"rule": "ObjectCount", "offset": 3}
     assert prepared.fingerprint() != bare.fingerprint()  # other split sizes -> other split strings -> other key
     assert vtab_task("clevr_dist", mock_dir).fingerprint() != prepared.fingerprint()
@@ -165,13 +166,13 @@ def _fake_dtd(where: Path) -> None:
                                       "label": int(rng.integers(47)), "file_name": f"{seed}-{i}.png"}
         return gen
 
-    prepare_fake(SPECS["dtd"].dataset, where, {"train": split(830, 0), "validation": split(210, 1), "test": split(40, 2)})
+    prepare_fake(SPECS["dtd"].dataset, where, {"train": split(1010, 0), "validation": split(210, 1), "test": split(40, 2)})
 
 
 def test_real_array_record_matches_tfds_split_slicing(tmp_path):
     _fake_dtd(tmp_path)
     task = vtab_task("dtd", tmp_path)
-    assert task.available() and task.split_sizes() == {"train": 1000, "test": 40}
+    assert task.available() and task.split_sizes() == {"train": 1000, "test": 40, "train1000": 1000}
     train = task.load("train")
     oracle = tfds.data_source("dtd:3.0.1", split="train[:800]+validation[:200]", data_dir=str(tmp_path), download=False)
     assert train.labels.tolist() == [int(oracle[i]["label"]) for i in range(1000)]
@@ -182,6 +183,50 @@ def test_real_array_record_matches_tfds_split_slicing(tmp_path):
     clone = pickle.loads(pickle.dumps(train.images))
     assert np.array_equal(clone[123], train.images[123])
     assert task.load("test").labels.shape == (40,)
+    cv = task.load(task.cv_split)  # the reference's CV images: raw train[:1000], not train800val200
+    raw = tfds.data_source("dtd:3.0.1", split="train[:1000]", data_dir=str(tmp_path), download=False)
+    assert cv.labels.tolist() == [int(raw[i]["label"]) for i in range(1000)]
+    assert np.array_equal(cv.images[900], raw[900]["image"]) and not np.array_equal(cv.images[900], train.images[900])
+    assert vtab_task("dtd", tmp_path, cv_split="train").cv_split == "train"
+    with pytest.raises(H2TError, match="unknown split 'val'.*train1000"):
+        task.load("val")
+
+
+def test_label_rules_on_every_value_and_edge():
+    """Mock examples built so that a wrong rule fails: counts that vary, depths on and just past
+    each threshold, every dSprites position and orientation value."""
+    sizes = lambda n: {"objects": {"size": np.arange(n) % 3}}
+    assert [ObjectCount()(sizes(n)) for n in range(3, 11)] == list(range(8))
+    clevr = NearestDepthBin("pixel_coords", (0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0))
+    scene = lambda *z: {"objects": {"pixel_coords": np.array([[5.0, 7.0, v] for v in z], np.float32)}}
+    # label = largest i with thresholds[i] < nearest depth (task_adaptation: max(where(thrs - dist < 0)))
+    edges = {0.5: 0, 8.0: 0, 8.001: 1, 8.5: 1, 8.501: 2, 9.0: 2, 9.001: 3, 9.5: 3, 9.501: 4, 10.0: 4, 10.001: 5, 99.0: 5}
+    assert {d: clevr(scene(d, d + 50.0)) for d in edges} == edges
+    assert clevr(scene(12.0, 8.2, 30.0)) == 1  # the nearest object decides, wherever it is listed
+    kitti = NearestDepthBin("location", (-100.0, 8.0, 20.0, 999.0), max_type=3, missing=1000.0)
+    cars = lambda types, z: {"objects": {"type": np.array(types), "location": np.array([[1.0, 2.0, v] for v in z], np.float32)}}
+    kitti_edges = {3.0: 0, 8.0: 0, 8.001: 1, 20.0: 1, 20.001: 2, 998.0: 2}
+    assert {z: kitti(cars([0], [z])) for z in kitti_edges} == kitti_edges
+    assert [kitti(cars([t, 0], [2.0, 30.0])) for t in range(8)] == [0, 0, 0, 2, 2, 2, 2, 2]  # only car, van, truck count
+    assert kitti(cars([5, 6], [1.0, 1.0])) == 3  # no vehicle: 1000 -> the last bin
+    loc, ori = Binned("label_x_position", 32), Binned("label_orientation", 40)
+    assert [loc({"label_x_position": v}) for v in range(32)] == [v // 2 for v in range(32)]
+    # 40 orientations into 16 bins of 2.5 values: bin sizes alternate 3, 2, 3, 2, ...
+    want = [b for b in range(16) for _ in range(3 if b % 2 == 0 else 2)]
+    assert [ori({"label_orientation": v}) for v in range(40)] == want
+
+
+def test_pets_prefers_a_prepared_3x_folder(tmp_path):
+    from head2toe.tasks.vtab import find_prepared
+
+    ds = SPECS["pets"].dataset
+    for version in ("3.2.0", "4.0.0"):
+        root = tmp_path / ds.path / version
+        root.mkdir(parents=True)
+        (root / "dataset_info.json").write_text(json.dumps({"splits": [{"name": "train", "shardLengths": ["3680"]}]}))
+    assert find_prepared(ds, tmp_path).version == "3.2.0"
+    (tmp_path / ds.path / "3.2.0" / "dataset_info.json").unlink()
+    assert find_prepared(ds, tmp_path).version == "4.0.0"
 
 
 def test_tfrecord_only_data_is_reported(tmp_path):

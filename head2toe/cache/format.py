@@ -1,11 +1,14 @@
-"""The on-disk form of one cached split: a Parquet table with one column per layer.
+"""The on-disk form of one cached split: Parquet files with one column per layer.
 
 Each layer is a `fixed_size_binary` column whose value is one row's pooled activations as
 raw little-endian float16 (or float32) bytes: Parquet stores such a column as flat pages,
 so reading it is a near-memcpy, where `fixed_size_list<halffloat>` goes through nested-list
 levels and read ~8x slower here. `index` (position in the split) and `label` are int64.
-The footer holds a JSON document (`h2t` key) with everything needed to trust the file:
-format version, key, dtype and width per layer, and an xxh3-128 digest per column.
+The file's key-value metadata (`h2t` key, written when the file is closed) holds everything
+needed to trust it: format version, key, dtype and width per layer, the file's first row in
+the split and, per row group, its row count and an xxh3-128 digest per column (so a reader
+streaming row groups checks each one before using it). A sharded entry's parts carry their
+part number too; see head2toe.cache.store for how files make an entry.
 """
 from __future__ import annotations
 
@@ -16,11 +19,21 @@ import pyarrow as pa
 import xxhash
 
 from head2toe.features import LayerFeatures
-from head2toe.provider import FORMAT_VERSION  # also in every key: a new format never reads old files
+
+FORMAT_VERSION = 2  # also in every cache key (head2toe.cache.keys): a new format never reads old files
 META_KEY = b"h2t"
 RESERVED = ("index", "label")
 DTYPES = ("float16", "float32")
-ROW_GROUP_BYTES = 512 << 20  # per row group: big enough that a VTAB-1k train split is one group (one copy on read), small enough to stream large test splits
+# Per row group. `load` of a one-group file is zero-copy (a memory map); more groups cost one
+# concatenation. `iter_rows` and the extraction writer hold one group (per target size). 512 MiB
+# keeps a VTAB-1k train split one group at moderate widths while bounding both (docs/cache.md).
+ROW_GROUP_BYTES = 512 << 20
+ROW_OVERHEAD = 16  # index + label, int64 each
+
+# Files hold one PLAIN, uncompressed data page per column chunk (head2toe.cache.parquet): a
+# layer's bytes then sit contiguously in the file, so a local reader can map them instead of
+# decoding (see `column_span`).
+MAX_PAGE_HEADER = 64  # bytes; a data page header without statistics is ~25
 
 
 class InvalidFile(Exception):
@@ -31,54 +44,41 @@ def digest(a: np.ndarray) -> str:
     return xxhash.xxh3_128_hexdigest(memoryview(np.ascontiguousarray(a)).cast("B"))
 
 
-def _little_endian(a: np.ndarray) -> np.ndarray:
+def little_endian(a: np.ndarray) -> np.ndarray:
     """Contiguous little-endian view (a copy only when the input is not already so)."""
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
 
 
-def to_table(key: str, features: LayerFeatures, meta: dict) -> pa.Table:
-    """LayerFeatures -> Arrow table (zero-copy for contiguous little-endian blocks) with metadata."""
-    n = len(features)
-    dtypes = {str(b.dtype) for b in features.layers.values()}
-    if len(dtypes) != 1 or not dtypes <= set(DTYPES):
-        raise ValueError(f"cache stores one dtype of {DTYPES} per file, got {sorted(dtypes)}")
-    clash = [name for name in features.layers if name in RESERVED]
+def check_layers(widths: dict[str, int], dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"cache stores one dtype of {DTYPES} per file, got {dtype!r}")
+    clash = [name for name in widths if name in RESERVED]
     if clash:
         raise ValueError(f"layer names {clash} clash with the reserved columns {RESERVED}")
-    dtype = dtypes.pop()
-    columns, layers, sums = {}, [], {}
-    for name, block in features.layers.items():
-        block = _little_endian(block)
-        width = block.shape[1]
-        columns[name] = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width * block.itemsize), n, [None, pa.py_buffer(block)])
-        layers.append({"name": name, "width": width})
-        sums[name] = digest(block)
-    index = np.arange(n, dtype="<i8")
-    labels = _little_endian(features.labels.astype(np.int64))
-    columns["index"], columns["label"] = pa.array(index), pa.array(labels)
-    sums["index"], sums["label"] = digest(index), digest(labels)
-    doc = {"format_version": FORMAT_VERSION, "key": key, "dtype": dtype, "byte_order": "little", "n_rows": n,
-           "layers": layers, "checksum": {"algorithm": "xxh3_128", "columns": sums}, "meta": meta}
-    schema = pa.schema([pa.field(k, v.type, nullable=False) for k, v in columns.items()],
-                       metadata={META_KEY: json.dumps(doc, default=str).encode()})
-    return pa.Table.from_arrays(list(columns.values()), schema=schema)
 
 
-def rows_per_group(features: LayerFeatures) -> int:
-    row_bytes = sum(b.shape[1] * b.itemsize for b in features.layers.values()) + 16
-    return max(1, min(len(features) or 1, ROW_GROUP_BYTES // row_bytes))
+def group_digests(blocks: dict[str, np.ndarray]) -> dict:
+    """The footer's record of one row group: its rows and a digest per column."""
+    return {"rows": len(next(iter(blocks.values()))), "columns": {name: digest(a) for name, a in blocks.items()}}
 
 
-# One PLAIN, uncompressed data page per column chunk: a layer's bytes then sit contiguously
-# in the file, so a local reader can map them instead of decoding (see `mapped_read`).
-WRITE_OPTIONS = dict(compression="none", use_dictionary=False, write_statistics=False, store_schema=True,
-                     data_page_size=1 << 30, max_rows_per_page=(1 << 31) - 1)
-MAX_PAGE_HEADER = 64  # bytes; a data page header without statistics is ~25
+def footer_doc(key: str, widths: dict[str, int], dtype: str, meta: dict, row_start: int, groups: list[dict],
+               part: tuple[int, int] | None) -> bytes:
+    doc = {"format_version": FORMAT_VERSION, "key": key, "dtype": dtype, "byte_order": "little",
+           "n_rows": sum(g["rows"] for g in groups), "row_start": row_start,
+           "part": None if part is None else {"index": part[0], "count": part[1]},
+           "layers": [{"name": n, "width": w} for n, w in widths.items()],
+           "checksum": {"algorithm": "xxh3_128", "row_groups": groups}, "meta": meta}
+    return json.dumps(doc, default=str).encode()
 
 
-def read_doc(schema: pa.Schema, key: str) -> dict:
-    """The footer document, checked against the schema; raises InvalidFile."""
-    raw = (schema.metadata or {}).get(META_KEY)
+def rows_per_group(row_bytes: int, group_bytes: int | None = None) -> int:
+    return max(1, (group_bytes or ROW_GROUP_BYTES) // max(1, row_bytes))
+
+
+def read_doc(md, arrow_schema: pa.Schema, key: str) -> dict:
+    """The footer document of a file (its FileMetaData and Arrow schema), checked; raises InvalidFile."""
+    raw = (md.metadata or {}).get(META_KEY)
     if raw is None:
         raise InvalidFile("no h2t metadata (not a feature-cache file)")
     try:
@@ -94,9 +94,13 @@ def read_doc(schema: pa.Schema, key: str) -> dict:
     itemsize = np.dtype(doc["dtype"]).itemsize
     expected = {x["name"]: pa.binary(x["width"] * itemsize) for x in doc["layers"]}
     expected.update(index=pa.int64(), label=pa.int64())
-    actual = {f.name: f.type for f in schema}
+    actual = {f.name: f.type for f in arrow_schema}
     if actual != expected:
         raise InvalidFile(f"schema {_short(actual)} does not match its metadata {_short(expected)}")
+    groups = doc["checksum"]["row_groups"]
+    if len(groups) != md.num_row_groups or any(g["rows"] != md.row_group(i).num_rows for i, g in enumerate(groups)):
+        raise InvalidFile(f"{md.num_row_groups} row groups of {md.num_rows} rows, metadata lists {len(groups)} of "
+                          f"{doc['n_rows']}: truncated or rewritten")
     return doc
 
 
@@ -104,76 +108,71 @@ def _short(types: dict) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in list(types.items())[:4]) + (", ..." if len(types) > 4 else "") + "}"
 
 
-def mapped_read(path: str, md, doc: dict, layers: list[str]) -> LayerFeatures | None:
-    """Layers as read-only views of a memory map of a local file, digests checked.
+def column_span(md, doc: dict, group: int, position: int, width: int, itemsize: int) -> tuple[int, int] | None:
+    """(file offset, bytes) of one column chunk's values when they sit contiguously as the
+    chunk's last bytes (one PLAIN uncompressed page: the layout we write); None otherwise."""
+    rows = md.row_group(group).num_rows
+    chunk = md.row_group(group).column(position)
+    nbytes = rows * width * itemsize
+    header = chunk.total_compressed_size - nbytes
+    if chunk.compression != "UNCOMPRESSED" or chunk.has_dictionary_page or not 0 < header <= MAX_PAGE_HEADER:
+        return None
+    return chunk.data_page_offset + header, nbytes
 
-    The Arrow reader copies every page (measured ~2x slower than np.load here); the file
-    layout we write keeps each column chunk's values as its last bytes, so they can be
-    used in place. Returns None when the file is laid out otherwise or a digest does not
-    match: the caller then reads through Arrow, which tells corruption from layout.
-    """
-    import mmap
 
+def mapped_group(mm, md, doc: dict, group: int, names: list[str]) -> dict[str, np.ndarray] | None:
+    """Columns `names` (+ label) of one row group as read-only views of `mm` (a memory map of
+    the whole file, or any buffer); None when the file is laid out otherwise."""
     dtype = np.dtype(doc["dtype"]).newbyteorder("<")
     widths = {x["name"]: x["width"] for x in doc["layers"]}
     position = {md.schema.column(i).name: i for i in range(md.num_columns)}
-    with open(path, "rb") as fh:
-        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    sums = doc["checksum"]["columns"]
+    rows = md.row_group(group).num_rows
     out = {}
-    for name in [*layers, "label"]:
+    for name in [*names, "label"]:
         dt, width = (dtype, widths[name]) if name != "label" else (np.dtype("<i8"), 1)
-        parts = []
-        for g in range(md.num_row_groups):
-            rows = md.row_group(g).num_rows
-            chunk = md.row_group(g).column(position[name])
-            nbytes = rows * width * dt.itemsize
-            header = chunk.total_compressed_size - nbytes
-            if chunk.compression != "UNCOMPRESSED" or chunk.has_dictionary_page or not 0 < header <= MAX_PAGE_HEADER:
-                return None
-            start = chunk.data_page_offset + header
-            if start + nbytes > len(mm):
-                return None
-            parts.append(np.frombuffer(mm, dt, count=rows * width, offset=start).reshape(rows, width))
-        arr = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if digest(arr) != sums.get(name):
+        span = column_span(md, doc, group, position[name], width, dt.itemsize)
+        if span is None or span[0] + span[1] > len(mm):
             return None
-        out[name] = arr
-    labels = out.pop("label")[:, 0].copy()
-    if len(labels) != doc["n_rows"]:
-        return None
-    return LayerFeatures(out, labels, {**doc["meta"], "key": doc["key"]})
+        out[name] = np.frombuffer(mm, dt, count=rows * width, offset=span[0]).reshape(rows, width)
+    return out
 
 
-def from_table(table: pa.Table, doc: dict, layers: list[str]) -> LayerFeatures:
-    """Arrow table (the projected columns) -> LayerFeatures; checks row count and digests."""
-    n, dtype = doc["n_rows"], np.dtype(doc["dtype"]).newbyteorder("<")
-    if table.num_rows != n:
-        raise InvalidFile(f"{table.num_rows} rows, metadata says {n}")
-    widths = {x["name"]: x["width"] for x in doc["layers"]}
-    out = {name: _column(table.column(name), dtype, widths[name]) for name in layers}
-    labels = _column(table.column("label"), np.dtype("<i8"), None)
-    sums = doc["checksum"]["columns"]
-    for name, arr in [*out.items(), ("label", labels)]:
+def check_group(arrays: dict[str, np.ndarray], doc: dict, group: int) -> str | None:
+    """The reason a row group's columns do not match their digests, or None."""
+    sums = doc["checksum"]["row_groups"][group]["columns"]
+    for name, arr in arrays.items():
         if digest(arr) != sums.get(name):
-            raise InvalidFile(f"checksum mismatch in column {name!r} (corrupted data)")
-    return LayerFeatures(out, labels.astype(np.int64, copy=False), {**doc["meta"], "key": doc["key"]})
+            return f"checksum mismatch in column {name!r} of row group {group} (corrupted data)"
+    return None
 
 
-def _column(col: pa.ChunkedArray, dtype: np.dtype, width: int | None) -> np.ndarray:
-    """One column as a numpy array: zero-copy for a single chunk, one copy otherwise."""
+def table_group(table: pa.Table, doc: dict, names: list[str]) -> dict[str, np.ndarray]:
+    """Columns of an Arrow table (one row group or more) as numpy arrays (zero-copy for one chunk)."""
+    dtype = np.dtype(doc["dtype"]).newbyteorder("<")
+    widths = {x["name"]: x["width"] for x in doc["layers"]}
+    out = {name: _column(table.column(name), dtype, widths[name]) for name in names}
+    out["label"] = _column(table.column("label"), np.dtype("<i8"), 1)
+    return out
+
+
+def to_features(arrays: dict[str, np.ndarray], doc: dict, **extra) -> LayerFeatures:
+    arrays = dict(arrays)
+    labels = arrays.pop("label").reshape(-1).astype(np.int64, copy=False)
+    return LayerFeatures(arrays, labels, {**doc["meta"], "key": doc["key"], **extra})
+
+
+def _column(col: pa.ChunkedArray, dtype: np.dtype, width: int) -> np.ndarray:
+    """One column as a numpy array (N, width): zero-copy for a single chunk, one copy otherwise."""
     parts = []
     for chunk in col.chunks:
         if chunk.null_count:
             raise InvalidFile("null values in a feature column")
-        if width is None:
-            parts.append(chunk.to_numpy(zero_copy_only=False).astype(dtype, copy=False))
+        if pa.types.is_integer(chunk.type):
+            parts.append(chunk.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(-1, 1))
         else:
             buf = chunk.buffers()[1]
             start = chunk.offset * width * dtype.itemsize
             parts.append(np.frombuffer(buf, dtype=dtype, count=len(chunk) * width, offset=start).reshape(len(chunk), width))
-    if width is None:
-        return np.concatenate(parts) if len(parts) != 1 else parts[0]
     if len(parts) == 1:
         return parts[0]
     return np.concatenate(parts) if parts else np.empty((0, width), dtype)

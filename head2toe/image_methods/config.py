@@ -2,7 +2,7 @@
 settings around it (`TrainConfig`), plus the default grids.
 
 The grid point is what a sweep varies and hashes into a trial key; the protocol settings
-are the VTAB fine-tuning recipe, the same for every trial of a sweep.
+are a fine-tuning recipe ("vtab" or "reference"), the same for every trial of a sweep.
 """
 from __future__ import annotations
 
@@ -64,31 +64,59 @@ class ImageHParams:
         return asdict(self)
 
 
+OPTIMIZERS = ("sgd", "adam")
+HEAD_INITS = ("zeros", "glorot")
+# The two fine-tuning recipes (docs/paper_setup.md): what each sets when a field is left at None.
+#   vtab: task_adaptation's recipe (SGD momentum 0.9, batch 512, warmup + cosine, the task's
+#         crop/flip augmentation, zero-initialised head, head2toe_ft selecting with select_lr/steps).
+#   reference: google-research/head2toe with finetune_backbones=True: its probe loop with the
+#         backbone unfrozen (Adam eps 1e-7, cosine without warmup, batch 128, no augmentation,
+#         BatchNorm in train mode, Glorot-uniform head, head2toe_ft selecting at the trial's lr/steps).
+RECIPES: dict[str, dict] = {
+    "vtab": {"optimizer": "sgd", "batch_size": 512, "warmup_fraction": 0.1, "augment": None, "bn": None,
+             "head_init": "zeros", "select_at_trial_hp": False},
+    "reference": {"optimizer": "adam", "batch_size": 128, "warmup_fraction": 0.0, "augment": "none", "bn": "train",
+                  "head_init": "glorot", "select_at_trial_hp": True},
+}
+ADAM_EPS = 1e-7  # Keras' default, the reference's optimizer
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """The fine-tuning recipe (VTAB: SGD momentum 0.9, effective batch 512).
+    """The fine-tuning recipe. `recipe` ("vtab" or "reference", see RECIPES) fills every
+    field left at None; a field given explicitly wins.
 
     `micro_batch` splits each step into accumulated chunks (None: the whole batch on CUDA,
     32 on CPU). `warmup_fraction` of the steps ramps the lr linearly, then cosine decay to 0.
     `augment`: None picks the task's policy (see augment.policy_for); `bn`: None picks the
     method's BatchNorm mode (see run.BN_DEFAULT). `select_lr`/`select_steps` train
-    head2toe_ft's group-lasso probe. `checkpoint_every`: steps between checkpoints.
+    head2toe_ft's group-lasso probe unless `select_at_trial_hp` (then the trial's own lr and
+    steps do). `checkpoint_every`: steps between checkpoints.
     """
 
-    batch_size: int = 512
+    recipe: str = "vtab"
+    optimizer: str | None = None
+    batch_size: int | None = None
     micro_batch: int | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
-    warmup_fraction: float = 0.1
+    warmup_fraction: float | None = None
     augment: str | None = None
     bn: str | None = None
+    head_init: str | None = None
     eval_batch: int = 256
     amp: bool = True
     select_lr: float = 0.1
     select_steps: int = 500
+    select_at_trial_hp: bool | None = None
     checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise H2TError(f"recipe must be one of {tuple(RECIPES)}, got {self.recipe!r}")
+        for name, value in RECIPES[self.recipe].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         for name in ("batch_size", "eval_batch", "select_steps", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise H2TError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -98,6 +126,10 @@ class TrainConfig:
             raise H2TError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         if self.bn is not None and self.bn not in BN_MODES:
             raise H2TError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise H2TError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.head_init not in HEAD_INITS:
+            raise H2TError(f"head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -6,8 +6,10 @@
   pools them, only the kept columns gathered, each layer's kept block re-normalised, and a
   linear head on the concatenation: Head2Toe's head, trained end to end.
 
-Heads start at zero (as in BiT): training starts from the backbone's features rather than a
-random projection of them, and the start does not depend on the seed.
+Heads start at zero by default (as in BiT, the vtab recipe): training starts from the
+backbone's features rather than a random projection of them, and the start does not depend
+on the seed. `head_init="glorot"` (the reference recipe) starts them as Keras' Dense does:
+Glorot-uniform weights from the trial seed, zero bias.
 """
 from __future__ import annotations
 
@@ -24,9 +26,17 @@ from head2toe.pooling import pool_to_target
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
-def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
-    head = nn.Linear(n_in, n_out)
-    nn.init.zeros_(head.weight)
+def init_head(head: nn.Linear, head_init: str = "zeros", seed: int = 0) -> nn.Linear:
+    """Zero weights, or Glorot-uniform weights drawn from `seed`; the bias starts at zero."""
+    if head_init == "glorot":
+        gen = torch.Generator().manual_seed(int(seed))
+        bound = (6.0 / (head.in_features + head.out_features)) ** 0.5
+        with torch.no_grad():
+            head.weight.copy_(torch.rand(head.weight.shape, generator=gen) * (2 * bound) - bound)
+    elif head_init == "zeros":
+        nn.init.zeros_(head.weight)
+    else:
+        raise ValueError(f"head_init must be 'zeros' or 'glorot', got {head_init!r}")
     nn.init.zeros_(head.bias)
     return head
 
@@ -34,13 +44,11 @@ def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
 class PreLogitsNet(nn.Module):
     """Backbone + linear head on pre-logits; the ImageNet classifier is replaced."""
 
-    def __init__(self, backbone: Backbone, num_classes: int):
+    def __init__(self, backbone: Backbone, num_classes: int, head_init: str = "zeros", seed: int = 0):
         super().__init__()
         self.body = backbone.model
         self.body.reset_classifier(num_classes)
-        head = self.body.get_classifier()  # timm names it classifier / fc / head
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
+        init_head(self.body.get_classifier(), head_init, seed)  # timm names it classifier / fc / head
         self.n_features = int(self.body.num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,14 +58,15 @@ class PreLogitsNet(nn.Module):
 class KeptFeatureHead(nn.Module):
     """Linear head on the kept columns of pooled layer features, re-normalised per layer."""
 
-    def __init__(self, kept: dict[str, np.ndarray], target_size: int, num_classes: int):
+    def __init__(self, kept: dict[str, np.ndarray], target_size: int, num_classes: int, head_init: str = "zeros",
+                 seed: int = 0):
         super().__init__()
         self.layers = [name for name, idx in kept.items() if len(idx)]
         self.target_size = int(target_size)
         for i, name in enumerate(self.layers):
             self.register_buffer(f"kept_{i}", torch.as_tensor(np.asarray(kept[name]), dtype=torch.long))
         self.n_features = int(sum(len(kept[n]) for n in self.layers))
-        self.linear = _zero_linear(self.n_features, num_classes)
+        self.linear = init_head(nn.Linear(self.n_features, num_classes), head_init, seed)
 
     def pool(self, acts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {n: pool_to_target(acts[n].float(), self.target_size) for n in self.layers}
@@ -75,10 +84,11 @@ class KeptFeatureHead(nn.Module):
 class KeptFeaturesNet(nn.Module):
     """Backbone whose tapped activations feed a `KeptFeatureHead` (only the taps it needs are hooked)."""
 
-    def __init__(self, backbone: Backbone, kept: dict[str, np.ndarray], target_size: int, num_classes: int):
+    def __init__(self, backbone: Backbone, kept: dict[str, np.ndarray], target_size: int, num_classes: int,
+                 head_init: str = "zeros", seed: int = 0):
         super().__init__()
         self.body = backbone.model
-        self.head = KeptFeatureHead(kept, target_size, num_classes)
+        self.head = KeptFeatureHead(kept, target_size, num_classes, head_init, seed)
         needed = set(self.head.layers)
         # a plain attribute (not a submodule): the same model, hooked on the needed taps only
         self._tapper = replace(backbone, taps={k: v for k, v in backbone.taps.items() if k in needed})

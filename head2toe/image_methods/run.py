@@ -31,6 +31,7 @@ from head2toe.provider import FeatureProvider
 from head2toe.selection import select_features
 from head2toe.tasks import Task, get_task
 
+# The reference recipe sets bn="train" for all three (its unfrozen backbone runs with training=True).
 BN_DEFAULT = {"finetune": "train", "scratch": "train", "head2toe_ft": "frozen"}
 _EVAL_CHUNK = 2048  # images resized and moved to the device at a time when scoring
 
@@ -61,12 +62,14 @@ def _reinit(backbone: Backbone, seed: int) -> None:
 
 
 def select_kept(task: Task, provider: FeatureProvider, rows: np.ndarray, hp: ImageHParams, cfg: TrainConfig,
-                seed: int, device: torch.device) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+                seed: int, device: torch.device, split: str = "train") -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Head2Toe's selection on the cached features of the training rows only: group-lasso
-    head, scores sum_j W_ij^2, top `keep_fraction`. Returns (kept columns per layer, widths)."""
-    feats = provider.get(task, "train", [hp.target_size])[hp.target_size].rows(rows)
+    head (at the trial's lr/steps with the reference recipe, else select_lr/select_steps),
+    scores sum_j W_ij^2, top `keep_fraction`. Returns (kept columns per layer, widths)."""
+    feats = provider.get(task, split, [hp.target_size])[hp.target_size].rows(rows)
     feats.check_finite()
-    config = ProbeConfig(cfg.select_lr, cfg.select_steps, "group", hp.coef)
+    lr, steps = (hp.lr, hp.steps) if cfg.select_at_trial_hp else (cfg.select_lr, cfg.select_steps)
+    config = ProbeConfig(lr, steps, "group", hp.coef)
     (probe,) = train_probes(feats.matrix(), feats.labels, task.num_classes, [config], seed=seed, device=device)
     return select_features(probe.feature_scores(), feats.widths, hp.keep_fraction), feats.widths
 
@@ -113,7 +116,8 @@ def run_image_method(
     policy = check_policy(cfg.augment or policy_for(task.name))
     bn_mode = cfg.bn or BN_DEFAULT[method]
 
-    train_split = task.load("train")
+    split = "train" if fold is None else task.cv_split  # CV folds come from the task's cv_split
+    train_split = task.load(split)
     if fold is None:
         rows = np.arange(len(train_split))
         eval_images, eval_labels = task.load("test").images, task.load("test").labels
@@ -137,13 +141,13 @@ def run_image_method(
             if provider.backbone.identity() != backbone.identity():
                 raise H2TError(f"provider features come from {provider.backbone.identity()}, not {backbone.identity()}")
             before = provider.forward_passes
-            kept, widths = select_kept(task, provider, rows, hp, cfg, seed, device)
+            kept, widths = select_kept(task, provider, rows, hp, cfg, seed, device, split)
             extraction_passes = provider.forward_passes - before
         extra = {"kept": {k: torch.as_tensor(v, dtype=torch.long) for k, v in kept.items()}, "widths": widths}
-        net = KeptFeaturesNet(backbone, kept, hp.target_size, task.num_classes)
+        net = KeptFeaturesNet(backbone, kept, hp.target_size, task.num_classes, cfg.head_init, seed)
         n_total = int(sum(widths.values()))
     else:
-        net = PreLogitsNet(backbone, task.num_classes)
+        net = PreLogitsNet(backbone, task.num_classes, cfg.head_init, seed)
         n_total = net.n_features
     net.to(device).requires_grad_(True)
     if device.type == "cuda":

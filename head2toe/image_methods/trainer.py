@@ -1,4 +1,4 @@
-"""SGD fine-tuning loop with gradient accumulation, bf16 autocast on CUDA, warmup + cosine
+"""Fine-tuning loop (SGD or Adam, by recipe) with gradient accumulation, bf16 autocast on CUDA, warmup + cosine
 lr, and checkpoints a pre-empted run resumes from.
 
 A checkpoint is a dict of tensors and primitives (model, optimiser, step, RNG states, last
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from head2toe.errors import H2TError
-from head2toe.image_methods.config import TrainConfig
+from head2toe.image_methods.config import ADAM_EPS, TrainConfig
 from head2toe.image_methods.data import apply_thetas, augment_thetas, normalise, step_indices
 from head2toe.image_methods.models import set_bn_mode
 
@@ -37,6 +37,13 @@ def lr_at(step: int, steps: int, base_lr: float, warmup_fraction: float) -> floa
         return base_lr * (step + 1) / warm
     progress = (step - warm) / max(1, steps - warm)
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params, lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (vtab recipe) or Adam with Keras' constants (reference recipe)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=ADAM_EPS, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -123,7 +130,7 @@ def train(
     b = min(cfg.batch_size, n)
     micro = cfg.micro_batch or (b if device.type == "cuda" else 32)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, lr, cfg)
     start, last_loss = 0, float("nan")
     if resume is not None:
         model.load_state_dict(resume["model"])

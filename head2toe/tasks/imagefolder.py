@@ -1,22 +1,42 @@
 """`imagefolder:PATH`: a user's own images in torchvision's ImageFolder layout.
 
-PATH/train/<class>/* and PATH/test/<class>/*; classes are the sorted folder names of
-train. Everything is checked before any compute: a bad folder costs seconds, not a
-backbone pass.
+PATH/train/<class>/** and PATH/test/<class>/**. As in torchvision's `ImageFolder`
+(`find_classes`, `make_dataset`): classes are the sorted folder names of train, images
+are found recursively under each class folder (symlinks followed), and a class folder
+without images is an error (torchvision's default `allow_empty=False`), named here. One
+difference: entries whose name starts with "." (`.ipynb_checkpoints`, `.DS_Store`,
+`.thumbnails`) are skipped, where torchvision would count a hidden folder as a class.
+Everything is checked before any compute, every image decoded (head2toe.tasks.image_check):
+a bad folder costs seconds, not a backbone pass.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from head2toe.errors import H2TError
 from head2toe.tasks.base import SPLITS, ImageSplit, Task
+from head2toe.tasks.image_check import check_images, to_rgb8
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Image files anywhere below `folder`, hidden entries skipped, symlinks followed."""
+    out = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if _visible(d)]
+        out += [Path(root) / f for f in files if _visible(f) and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return out
 
 
 class LazyImages:
@@ -32,7 +52,7 @@ class LazyImages:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         with Image.open(self.paths[i]) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb8(im)
 
 
 class ImageFolderTask(Task):
@@ -55,38 +75,37 @@ class ImageFolderTask(Task):
         if len(classes) < 2:
             raise H2TError(f"imagefolder {str(self.root / 'train')!r} has {len(classes)} class folder(s); a classifier needs at least 2")
         for split in SPLITS:
-            files = self._files[split]
-            if not files:
+            by_class = self._by_class[split]
+            if not any(by_class.values()):
                 raise H2TError(f"imagefolder {str(self.root / split)!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            extra = sorted({p.parent.name for p, _ in files} - set(classes))
+            extra = sorted(set(by_class) - set(classes))
             if extra:
                 raise H2TError(f"imagefolder test/ has classes not in train/: {extra}; add them to train/ or remove them")
-            for path, _ in files:
-                try:
-                    with Image.open(path) as im:
-                        im.verify()
-                except (UnidentifiedImageError, OSError, SyntaxError) as e:
-                    raise H2TError(f"unreadable image {str(path)!r} ({type(e).__name__}); remove or replace it") from None
+            empty = sorted(c for c, files in by_class.items() if not files)
+            if empty:
+                raise H2TError(f"imagefolder {str(self.root / split)!r}: class folder(s) {empty} hold no images "
+                               f"({', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove the folder(s)")
+        check_images([p for split in SPLITS for p, _ in self._files[split]])
 
     @cached_property
     def classes(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
+        return sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir() and _visible(p.name))
 
     @property
     def num_classes(self) -> int:  # type: ignore[override]
         return len(self.classes)
 
     @cached_property
+    def _by_class(self) -> dict[str, dict[str, list[Path]]]:
+        """split -> class folder name -> its images (recursive)."""
+        return {split: {d.name: images_under(d) for d in sorted((self.root / split).iterdir()) if d.is_dir() and _visible(d.name)}
+                for split in SPLITS}
+
+    @cached_property
     def _files(self) -> dict[str, list[tuple[Path, int]]]:
         index = {c: i for i, c in enumerate(self.classes)}
-        out = {}
-        for split in SPLITS:
-            out[split] = [
-                (p, index.get(p.parent.name, -1))
-                for p in sorted((self.root / split).glob("*/*"))
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            ]
-        return out
+        return {split: sorted((p, index.get(c, -1)) for c, paths in self._by_class[split].items() for p in paths)
+                for split in SPLITS}
 
     def split_sizes(self) -> dict[str, int]:
         return {s: len(self._files[s]) for s in SPLITS}

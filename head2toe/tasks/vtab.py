@@ -2,7 +2,10 @@
 
 Splits, label mappings and tfds versions follow google-research/task_adaptation
 (`data/*.py`): `train` is its `train800val200` (800 training images, then the 200
-validation images, so CV fold 4 is VTAB's own val200) and `test` its `test`.
+validation images) and `test` its `test`. `train1000` is the raw tfds `train[:1000]`, the
+images the reference Head2Toe code cuts its 5 CV folds from (input_pipeline.py:
+`train[:200k]+train[200k+200:1000]` / `train[200k:200k+200]`); it is each task's `cv_split`,
+while the final run trains on `train` (docs/paper_setup.md).
 Data is read through `tfds.data_source` (ArrayRecord random access), so TensorFlow is not
 needed; nothing here downloads: a missing dataset fails at once with the command that
 prepares it (`python -m jobs.vtab_prepare`).
@@ -24,6 +27,8 @@ from head2toe.tasks.base import ImageSplit, Task, register_task
 from head2toe.tasks.tfds_records import LazyRecords
 
 TRAIN_SIZE = 1000
+CV_SPLIT = "train1000"
+VTAB_SPLITS = ("train", "test", CV_SPLIT)
 
 
 def data_dir() -> Path:
@@ -256,7 +261,8 @@ def _version_key(v: str) -> tuple[int, ...]:
 
 
 def find_prepared(ds: Dataset, where: Path) -> Prepared | None:
-    """The newest version folder matching `ds.accept` that holds dataset_info.json
+    """A prepared version folder that holds dataset_info.json: the newest one of the first
+    pattern in `ds.accept` that has any (so pets takes a 3.x folder, VTAB's, over 4.x)
     (filesystem only: no tfds import, no network)."""
     base = where / ds.path
     if not base.is_dir():
@@ -265,7 +271,8 @@ def find_prepared(ds: Dataset, where: Path) -> Prepared | None:
                 and p.name.startswith(ds.accept) and (p / "dataset_info.json").is_file()]
     if not versions:
         return None
-    version = max(versions, key=_version_key)
+    preferred = next(a for a in ds.accept if any(v.startswith(a) for v in versions))
+    version = max((v for v in versions if v.startswith(preferred)), key=_version_key)
     root = base / version
     info = json.loads((root / "dataset_info.json").read_text())
     counts = {s["name"]: sum(int(n) for n in s.get("shardLengths", [])) for s in info.get("splits", [])}
@@ -281,8 +288,11 @@ class VtabTask(Task):
 
     source = "tfds"
 
-    def __init__(self, spec: VtabSpec, where: Path | None = None):
+    def __init__(self, spec: VtabSpec, where: Path | None = None, cv_split: str = CV_SPLIT):
+        if cv_split not in ("train", CV_SPLIT):
+            raise H2TError(f"cv_split must be 'train' or {CV_SPLIT!r}, got {cv_split!r}")
         self.spec = spec
+        self.cv_split = cv_split  # the reference's folds; "train" cuts them from train800val200
         self.name, self.group, self.num_classes = spec.name, spec.group, spec.num_classes
         self.description = spec.description
         self.where = where or data_dir()
@@ -300,16 +310,22 @@ class VtabTask(Task):
         return self.prepared.counts if self.prepared else self.spec.dataset.counts
 
     def split_specs(self) -> dict[str, str]:
-        """The tfds split strings of `train` (train800val200) and `test`."""
-        return self.spec.split_rule(self._counts())
+        """The tfds split strings of `train` (train800val200), `test` and `train1000`."""
+        return self._rules(self._counts())
+
+    def _rules(self, counts: dict[str, int]) -> dict[str, str]:
+        return {**self.spec.split_rule(counts), CV_SPLIT: f"train[:{TRAIN_SIZE}]"}
 
     def _base_splits(self, counts: dict[str, int]) -> set[str]:
-        specs = self.spec.split_rule(counts)
-        return {p.split("[")[0] for s in specs.values() for p in s.split("+")}
+        return {p.split("[")[0] for s in self._rules(counts).values() for p in s.split("+")}
 
     def split_sizes(self) -> dict[str, int]:
         counts = self._counts()
-        return {k: sum(b - a for _, a, b in parse_split(s, counts)) for k, s in self.spec.split_rule(counts).items()}
+        return {k: sum(b - a for _, a, b in parse_split(s, counts)) for k, s in self._rules(counts).items()}
+
+    def _check_split(self, split: str) -> None:
+        if split not in VTAB_SPLITS:
+            raise H2TError(f"unknown split {split!r} for task {self.name!r}; use one of {VTAB_SPLITS}")
 
     def definition(self) -> dict:
         ds = self.spec.dataset
@@ -360,8 +376,8 @@ def _to_255(image: np.ndarray) -> np.ndarray:
     return np.minimum(image, 1) * np.uint8(255)
 
 
-def vtab_task(name: str, where: Path | None = None) -> VtabTask:
-    return VtabTask(SPECS[name], where)
+def vtab_task(name: str, where: Path | None = None, cv_split: str = CV_SPLIT) -> VtabTask:
+    return VtabTask(SPECS[name], where, cv_split)
 
 
 for _name in SPECS:
