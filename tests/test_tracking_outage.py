@@ -122,7 +122,10 @@ def test_server_gone_past_the_wait_then_resume(server, tmp_path):
     last = err.strip().splitlines()[-1]
     assert proc.returncode == 2, err[-3000:]
     assert last.startswith("h2t: error: tracking server") and "held in" in last and "--resume" in last, last
-    assert "Traceback" not in err
+    # none of our own lines is a traceback; a Ray worker that the shutdown's SIGTERM meets mid-trial
+    # may log Ray's own exit trace, forwarded with its "(run_trial pid=N)" prefix
+    ours = [line for line in err.splitlines() if "pid=" not in line[:40]]
+    assert not any("Traceback" in line for line in ours), "\n".join(ours)[-3000:]
     (held,) = journal.glob("*.jsonl")
     assert str(held) in last
     server.wait()
