@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -30,6 +31,21 @@ from orchestrator.plan import FINAL_FOLD, TrialSpec
 
 KIND, STAGE, SWEEP, KEY, CACHE, COMMIT = "h2t.kind", "h2t.stage", "h2t.sweep_id", "h2t.trial_key", "h2t.cache_key", "h2t.git_commit"
 PARENT = "mlflow.parentRunId"
+# What the MLflow UI calls an experiment's kind, and the value for training runs (the UI's own
+# selector writes this tag; MLflow's GenAI demos write "genai_development").
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def runs_page(server: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at `server`. The query matters: MLflow 3.17's
+    UI picks GenAI or model-training pages from `workflowType` (else the browser's last choice,
+    GenAI on a first visit), and only older UIs read the experiment-kind tag."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric key from names that may hold characters MLflow refuses ("a+b" composites)."""
+    return ".".join(re.sub(r"[^\w\-. :/]", "-", p) for p in parts)
 
 
 @lru_cache(maxsize=1)
@@ -138,7 +154,12 @@ class Tracker:
         self.raw = MlflowClient(tracking_uri)
         self.client = RetryingClient(self.raw, self.outage)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location, tags={EXPERIMENT_KIND: TRAINING})
+        else:
+            self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:  # made by an older h2t: a kind someone chose stays
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, TRAINING)
         self.experiment = experiment
         self.journal = journal_path(tracking_uri, experiment)
         self.replayed = self.replay()
@@ -255,6 +276,52 @@ class Tracker:
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+    def find_sweep_run(self, sweep_id: str) -> str:
+        """The run id of a sweep (`latest`: the newest sweep run of the experiment)."""
+        f = f"tags.`{KIND}` = 'sweep'" + ("" if sweep_id == "latest" else f" and tags.`{SWEEP}` = '{sweep_id}'")
+        runs = sorted(self.search(f), key=lambda r: r.info.start_time)
+        if not runs:
+            raise H2TError(f"no sweep {sweep_id!r} in experiment {self.experiment!r} at {self.uri}; "
+                           f"pass a sweep id its runs carry (tag {SWEEP}) or `latest`")
+        return runs[-1].info.run_id
+
+    def summarize(self, sweep_id: str, run_id: str, counts: dict | None = None) -> dict[str, float]:
+        """Summary metrics on the sweep run, so that its row in the UI says what happened:
+        `test_accuracy.<backbone>.<method>` (mean over tasks of the mean over seeds, a fraction
+        as the trials log it), `tasks`, `trials.cv` and `trials.final` (finished trials, once per
+        key), `trials.failed` (FAILED trial runs, retried or not) and `forward_passes` (from
+        `counts`). Read back from MLflow, so a resumed sweep counts what earlier drivers did;
+        what it reads is one row per trial of this sweep."""
+        finished: dict[str, object] = {}
+        failed = 0
+        for r in sorted(self.search(f"tags.`{KIND}` = 'trial' and tags.`{SWEEP}` = '{sweep_id}'"), key=lambda r: r.info.start_time):
+            if r.info.status == "FINISHED":
+                finished[r.data.tags.get(KEY, r.info.run_id)] = r  # the newest run of a key counts
+            failed += r.info.status == "FAILED"
+        seeds: dict[tuple[str, str, str], list[float]] = {}
+        for r in finished.values():
+            p, acc = r.data.params, r.data.metrics.get("test_accuracy")
+            if r.data.tags.get(STAGE) == "final" and acc is not None:
+                seeds.setdefault((p["backbone"], p["method"], p["task"]), []).append(acc)
+        tasks: dict[tuple[str, str], list[float]] = {}
+        for (backbone, method, _), accs in seeds.items():
+            tasks.setdefault((backbone, method), []).append(sum(accs) / len(accs))
+        stages = [r.data.tags.get(STAGE) for r in finished.values()]
+        summary = {metric_key("test_accuracy", bb, m): sum(v) / len(v) for (bb, m), v in sorted(tasks.items())}
+        summary |= {"tasks": len({t for _, _, t in seeds}), "trials.cv": stages.count("cv"),
+                    "trials.final": stages.count("final"), "trials.failed": failed}
+        if counts and "forward_passes" in counts:
+            summary["forward_passes"] = counts["forward_passes"]
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        return summary
+
+    def log_report(self, run_id: str, folder: Path) -> None:
+        """The report folder (report.html, report.md, csv/, figures/, tables/) as the run's `report/` artefact."""
+        self.client.log_artifacts(run_id, str(folder), "report")
 
     # -- trials ----------------------------------------------------------------------------
     # Trial writes are plain ops (JSON-able dicts on a run handle), so they can be held while
