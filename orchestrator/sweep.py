@@ -246,6 +246,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
         tracker.end(stage)
         stage = ""
         failed = counts["cv"]["errors"] + counts["final"]["errors"]
+        tracker.summarize(sweep_id, parent, counts)  # the sweep run's metrics: mean test accuracy per backbone x method, counts
         tracker.end(parent, "FAILED" if failed else "FINISHED")
     except BaseException:
         for run_id in filter(None, (stage, parent)):
