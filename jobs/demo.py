@@ -1,5 +1,6 @@
 """`h2t demo`: the embedded default, offline on a laptop: sweep configs/demo.yaml on local
-Ray (resuming whatever an earlier demo finished), then write the report."""
+Ray (resuming whatever an earlier demo finished), then write the report and log it to the
+sweep's MLflow run."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ def main(args: argparse.Namespace) -> int:
     report = write_report(res.tracking_uri, res.experiment, out / "report")
     if report:
         print(f"Report: {report}")
+        log_report(res, report.parent)
     print(f"Demo finished in {time.perf_counter() - start:.0f} s")
     return 1 if res.counts["cv"]["errors"] or res.counts["final"]["errors"] else 0
 
@@ -40,6 +42,21 @@ def write_report(tracking_uri: str, experiment: str, out: Path) -> Path | None:
     except ImportError:
         return None
     return _write(tracking_uri=tracking_uri, experiment=experiment, out=out)
+
+
+def log_report(res, folder: Path) -> None:
+    """The report as the sweep run's `report/` artefact, and where the UI shows it. A tracking
+    server that stays away costs only the artefact: the files are on disk."""
+    from orchestrator.tracking import Tracker, TrackingUnavailable, runs_page
+
+    try:
+        tracker = Tracker(res.tracking_uri, res.experiment)
+        tracker.log_report(tracker.find_sweep_run(res.sweep_id), folder)
+    except TrackingUnavailable as e:
+        print(f"h2t: report not logged to MLflow ({e}); `h2t report --sweep {res.sweep_id}` logs it later")
+        return
+    server = res.tracking_uri if res.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    print(f"MLflow UI (the sweep run holds the report under Artifacts): {runs_page(server, tracker.experiment_id)}")
 
 
 if __name__ == "__main__":
