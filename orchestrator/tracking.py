@@ -43,6 +43,19 @@ def runs_page(server: str, experiment_id: str) -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+NOTE = "mlflow.note.content"  # the run's description, shown at the top of its page
+
+
+def summary_note(sweep_id: str, summary: dict[str, float], tasks: dict[tuple[str, str], int]) -> str:
+    """The sweep run's description: the summary as a Markdown table."""
+    rows = [f"| {bb} | {m} | {100 * summary[metric_key('test_accuracy', bb, m)]:.1f} | {n} |" for (bb, m), n in sorted(tasks.items())]
+    head = (f"**Sweep {sweep_id}**: {summary['trials.final']:.0f} final and {summary['trials.cv']:.0f} CV trials "
+            f"finished on {summary['tasks']:.0f} task(s), {summary['trials.failed']:.0f} failed run(s). "
+            "The report, when written, is under Artifacts: report/report.html.")
+    table = ["| backbone | method | test accuracy (%), mean over tasks | tasks |", "|---|---|---|---|", *rows]
+    return "\n".join([head, "", *table])[:7500]  # MLflow keeps tag values up to 8000 characters
+
+
 def metric_key(*parts: str) -> str:
     """An MLflow metric key from names that may hold characters MLflow refuses ("a+b" composites)."""
     return ".".join(re.sub(r"[^\w\-. :/]", "-", p) for p in parts)
@@ -317,6 +330,7 @@ class Tracker:
         metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        self.client.set_tag(run_id, NOTE, summary_note(sweep_id, summary, {k: len(v) for k, v in tasks.items()}))
         return summary
 
     def log_report(self, run_id: str, folder: Path) -> None:

@@ -6,6 +6,7 @@ summary metrics. Slow: the server takes 20-40 s to start here."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,11 +56,11 @@ def server(tmp_path_factory):
                 time.sleep(0.3)
         yield uri
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its worker
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
@@ -109,7 +110,11 @@ def test_sweep_run_carries_summary_and_report(sweep, server):
     expected |= {"tasks": 2, "trials.cv": 4, "trials.final": 8, "trials.failed": 1, "forward_passes": 1234}
     assert summary == pytest.approx(expected)
     client = MlflowClient(server)
-    assert client.get_run(parent).data.metrics == pytest.approx(expected)
+    run = client.get_run(parent)
+    assert run.data.metrics == pytest.approx(expected)
+    note = run.data.tags["mlflow.note.content"]  # the run's description
+    assert f"| {BACKBONE} | head2toe | 81.0 | 2 |" in note and f"| {BACKBONE} | linear | 71.0 | 2 |" in note
+    assert "8 final and 4 CV trials finished on 2 task(s), 1 failed run(s)" in note
     assert sorted(a.path for a in client.list_artifacts(parent, "report")) == ["report/figures", "report/report.html"]
     assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND] == TRAINING
 
