@@ -1,5 +1,6 @@
-"""`h2t report` on a small sweep store: every file it promises, every figure embedded, and
-the page rendered by headless Chromium when one is installed."""
+"""`h2t report` on a small sweep store: every file it promises, every figure embedded, the
+folder logged to the sweep's run (`--sweep`), and the page rendered by headless Chromium
+(`make install` puts Debian's chromium in place; without one that test skips)."""
 from __future__ import annotations
 
 import base64
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from mlflow_fixtures import small_store  # noqa: F401
 
 from jobs.cli import main as h2t
@@ -22,8 +24,26 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def report(small_store, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    assert h2t(["report", "--tracking-uri", small_store.uri, "--experiment", small_store.experiment, "--out", str(out)]) == 0
+    assert h2t(["report", "--tracking-uri", small_store.uri, "--experiment", small_store.experiment, "--out", str(out),
+                "--sweep", "latest"]) == 0
     return out
+
+
+def test_report_is_logged_to_the_sweep_run(report, small_store):
+    client = MlflowClient(small_store.uri)
+    logged = {a.path for a in client.list_artifacts(small_store.sweep_run, "report")}
+    assert {"report/report.html", "report/report.md", "report/csv", "report/figures", "report/tables"} <= logged
+    figures = {Path(a.path).name for a in client.list_artifacts(small_store.sweep_run, "report/figures")}
+    assert figures == {p.name for p in (report / "figures").glob("*.png")}
+
+
+def test_report_for_an_unknown_sweep_is_one_line_error(small_store, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert h2t(["report", "--tracking-uri", small_store.uri, "--experiment", small_store.experiment, "--out", str(out),
+                "--sweep", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no sweep 'nope'" in err and "latest" in err
+    assert not out.exists()  # refused before any work
 
 
 def test_report_html_embeds_every_figure(report):
