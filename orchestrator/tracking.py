@@ -34,6 +34,7 @@ PARENT = "mlflow.parentRunId"
 # What the MLflow UI calls an experiment's kind, and the value for training runs (the UI's own
 # selector writes this tag; MLflow's GenAI demos write "genai_development").
 EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+NOTE = "mlflow.note.content"  # a run's description, shown on its page
 
 
 def runs_page(server: str, experiment_id: str) -> str:
@@ -41,9 +42,6 @@ def runs_page(server: str, experiment_id: str) -> str:
     UI picks GenAI or model-training pages from `workflowType` (else the browser's last choice,
     GenAI on a first visit), and only older UIs read the experiment-kind tag."""
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-NOTE = "mlflow.note.content"  # the run's description, shown at the top of its page
 
 
 def summary_note(sweep_id: str, summary: dict[str, float], tasks: dict[tuple[str, str], int]) -> str:
@@ -300,7 +298,7 @@ class Tracker:
         return runs[-1].info.run_id
 
     def summarize(self, sweep_id: str, run_id: str, counts: dict | None = None) -> dict[str, float]:
-        """Summary metrics on the sweep run, so that its row in the UI says what happened:
+        """Summary metrics and description of the sweep run, so that its page says what happened:
         `test_accuracy.<backbone>.<method>` (mean over tasks of the mean over seeds, a fraction
         as the trials log it), `tasks`, `trials.cv` and `trials.final` (finished trials, once per
         key), `trials.failed` (FAILED trial runs, retried or not) and `forward_passes` (from
