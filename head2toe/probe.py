@@ -133,6 +133,18 @@ def cosine_lr(config: ProbeConfig, t: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * t / config.steps)) if t < config.steps else 0.0
 
 
+def _adam_unit_step(upd: list[torch.Tensor], grads: list[torch.Tensor], moments: tuple[list, list], t: torch.Tensor) -> None:
+    """upd = -m_hat / (sqrt(v_hat) + eps): one Adam step at lr 1 from zero, moments updated in
+    place, in one fused pass per tensor (the kernel behind torch.optim.Adam(fused=True),
+    called directly: the optimizer class would import torch._dynamo, seconds per process).
+    Adam's step is linear in lr, so each head then adds its own lr times its part of upd."""
+    for u in upd:
+        u.zero_()
+    t.add_(1)
+    torch._fused_adam_(upd, grads, moments[0], moments[1], [], [t] * len(upd), lr=1.0, beta1=ADAM_BETA1,
+                       beta2=ADAM_BETA2, weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
+
+
 def _train_group(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -149,7 +161,8 @@ def _train_group(
     logits by one matmul, the cross-entropy gradient in closed form (softmax - onehot) / B,
     dL/dW by one matmul into a reused buffer, the penalty's gradient in closed form, then one
     fused Adam pass (torch.optim.Adam(fused=True), Keras' eps) that writes the unit-lr update
-    -m_hat / (sqrt(v_hat) + eps) of every head, which each head adds scaled by its own cosine lr.
+    -m_hat / (sqrt(v_hat) + eps) of every head, which each head adds scaled by its own cosine lr
+    (`_adam_unit_step`).
     """
     device = x.device
     stacked = x.dim() == 3
@@ -173,9 +186,10 @@ def _train_group(
     xb = torch.empty((k, bsz, f) if stacked else (bsz, f), device=device)
     logits = torch.empty((k, bsz, c) if stacked else (bsz, k * c), device=device)
     gw = torch.empty_like(w)
-    upd_w, upd_b = torch.zeros_like(w), torch.zeros_like(b)
-    opt = torch.optim.Adam([upd_w, upd_b], lr=1.0, betas=(ADAM_BETA1, ADAM_BETA2), eps=ADAM_EPS, fused=True)
-    upd_w.grad, upd_b.grad = gw, torch.zeros_like(b)
+    gb = torch.empty_like(b)
+    upd = [torch.zeros_like(w), torch.zeros_like(b)]  # Adam's step at unit lr, then scaled per head
+    moments = [torch.zeros_like(w), torch.zeros_like(b)], [torch.zeros_like(w), torch.zeros_like(b)]
+    adam_t = torch.zeros((), device=device)
     batch_dim = 1 if stacked else 0  # of the (K, B, C) / (B, K, C) logits
     y_sched = y[sched]
     minus_one = torch.full((1, 1, 1), -1.0, device=device)
@@ -202,16 +216,14 @@ def _train_group(
             torch.bmm(xb.transpose(1, 2), grad, out=gw)
         else:
             torch.mm(xb.t(), grad.view(bsz, k * c), out=gw.view(f, k * c))
-        torch.sum(grad, dim=batch_dim, out=upd_b.grad)
+        torch.sum(grad, dim=batch_dim, out=gb)
         _add_penalty_grad_(gw, w, configs, head_dim)
-        upd_w.zero_()
-        upd_b.zero_()
-        opt.step()  # upd = -m_hat / (sqrt(v_hat) + eps), every head's moments updated
+        _adam_unit_step(upd, [gw, gb], moments, adam_t)
         for i, cfg in enumerate(configs):
             lr = cosine_lr(cfg, t)
             if lr:
-                w.select(head_dim, i).add_(upd_w.select(head_dim, i), alpha=lr)
-                b[i].add_(upd_b[i], alpha=lr)
+                w.select(head_dim, i).add_(upd[0].select(head_dim, i), alpha=lr)
+                b[i].add_(upd[1][i], alpha=lr)
     for i, cfg in enumerate(configs):  # a diverged head is a failure, never a chance-level "result"
         wi = w.select(head_dim, i)
         final = last_loss[i] + _penalty(wi.unsqueeze(1), [cfg.penalty], torch.tensor([cfg.coef], device=device))
