@@ -10,7 +10,8 @@ time is compared with it (goal: bound / actual >= 0.6), for
 
 and each lever on its own (ms per step, old way vs new way): the gather, the cross-entropy
 and matmul gradient by autograd vs closed form, the penalty's gradient, the Adam step, and
-bf16 matmuls (timing only; the probe keeps float32).
+bf16 matmuls; the last also as whole training runs (float32 probe vs a bf16-matmul copy of its
+step, `train_wide_bf16`) with their test accuracy on a synthetic task of the same shape.
 
 Each timing is the minimum over `--repeats` interleaved runs, in CPU seconds of the process (on
 one thread that leaves out the time other jobs held the core; wall seconds are printed too).
@@ -174,6 +175,63 @@ def levers(x: torch.Tensor, sched: torch.Tensor, k: int, c: int, repeats: int) -
     return {name: {"old_ms": round(a, 2), "new_ms": round(b, 2), "saved_ms": round(a - b, 2)} for name, (a, b) in out.items()}
 
 
+def train_wide_bf16(x, y, c: int, configs, seed: int = 0) -> list[torch.Tensor]:
+    """The probe's wide step with both matmuls in bf16 (x held once in bf16, float32 master
+    weights, moments and update): the bf16 lever, kept here to measure it, not in the probe."""
+    from head2toe.probe import _adam_unit_step, _add_penalty_grad_, batch_schedule, cosine_lr, glorot_uniform
+
+    n, f = x.shape
+    k, steps = len(configs), max(cfg.steps for cfg in configs)
+    sched = batch_schedule(n, steps, configs[0].batch_size, seed)
+    bsz = sched.shape[1]
+    xh = x.bfloat16()
+    w = glorot_uniform(f, c, seed)[:, None, :].repeat(1, k, 1)
+    b = torch.zeros(k, c)
+    xb, gw, gb = torch.empty(bsz, f, dtype=torch.bfloat16), torch.empty_like(w), torch.empty_like(b)
+    upd = [torch.zeros_like(w), torch.zeros_like(b)]
+    moments = [torch.zeros_like(w), torch.zeros_like(b)], [torch.zeros_like(w), torch.zeros_like(b)]
+    adam_t = torch.zeros(())
+    for t in range(steps):
+        torch.index_select(xh, 0, sched[t], out=xb)
+        logits = (xb @ w.view(f, k * c).bfloat16()).float().view(bsz, k, c) + b
+        yi = y[sched[t]].view(bsz, 1, 1).expand(bsz, k, 1)
+        grad = torch.log_softmax(logits, dim=2).exp_().scatter_add_(2, yi, torch.full_like(yi, -1.0, dtype=torch.float32)).div_(bsz)
+        gw.view(f, k * c).copy_(xb.t() @ grad.view(bsz, k * c).bfloat16())
+        torch.sum(grad, dim=0, out=gb)
+        _add_penalty_grad_(gw, w, configs, 1)
+        _adam_unit_step(upd, [gw, gb], moments, adam_t)
+        for i, cfg in enumerate(configs):
+            if lr := cosine_lr(cfg, t):
+                w[:, i].add_(upd[0][:, i], alpha=lr)
+                b[i].add_(upd[1][i], alpha=lr)
+    return [(w[:, i].clone(), b[i].clone()) for i in range(k)]
+
+
+def bf16_accuracy(f: int, c: int, configs, repeats: int) -> dict:
+    """Test accuracy of float32 vs bf16-matmul heads on a synthetic task of the bench's shape
+    (unit-norm rows: a class centre on 5 % of the features plus noise), and their step times."""
+    from head2toe.probe import train_probes
+
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randint(0, c, (1600,), generator=gen)
+    centers = torch.randn(c, f, generator=gen) * (torch.rand(1, f, generator=gen) < 0.05) * 0.6  # 5 % of features tell
+    x = centers[y] + torch.randn(1600, f, generator=gen)
+    x /= x.norm(dim=1, keepdim=True)
+    tr, te = slice(0, 800), slice(800, 1600)
+    out = {}
+    fp32 = lambda: train_probes(x[tr], y[tr], c, configs, device="cpu")  # noqa: E731
+    bf16 = lambda: train_wide_bf16(x[tr], y[tr], c, configs)  # noqa: E731
+    for name, fn in (("float32", fp32), ("bf16_matmuls", bf16)):
+        heads = fn()
+        cpu = min(timed(fn)[0] for _ in range(repeats))
+        accs = []
+        for h in heads:
+            w, b = (h.weight, h.bias) if name == "float32" else h
+            accs.append(round(float(((x[te] @ w + b).argmax(1) == y[te]).float().mean()), 4))
+        out[name] = {"test_accuracy_per_head": accs, "cpu_s": round(cpu, 3)}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=800)
@@ -228,6 +286,7 @@ def main() -> None:
               flush=True)
     if not args.no_levers:
         print(json.dumps({"levers_ms_per_step": levers(x, sched, k, c, args.repeats)}), flush=True)
+        print(json.dumps({"bf16_lever_accuracy": bf16_accuracy(f, c, group, args.repeats)}), flush=True)
 
 
 if __name__ == "__main__":
