@@ -209,26 +209,29 @@ def train_wide_bf16(x, y, c: int, configs, seed: int = 0) -> list[torch.Tensor]:
 
 def bf16_accuracy(f: int, c: int, configs, repeats: int) -> dict:
     """Test accuracy of float32 vs bf16-matmul heads on a synthetic task of the bench's shape
-    (unit-norm rows: a class centre on 5 % of the features plus noise), and their step times."""
+    (unit-norm rows: a class centre on 100 of the features plus noise), and their step times."""
     from head2toe.probe import train_probes
 
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(0, c, (1600,), generator=gen)
-    centers = torch.randn(c, f, generator=gen) * (torch.rand(1, f, generator=gen) < 0.05) * 0.6  # 5 % of features tell
+    centers = torch.zeros(c, f)
+    centers[:, torch.randperm(f, generator=gen)[:100]] = torch.randn(c, 100, generator=gen) * 0.6  # 100 features tell
     x = centers[y] + torch.randn(1600, f, generator=gen)
     x /= x.norm(dim=1, keepdim=True)
     tr, te = slice(0, 800), slice(800, 1600)
-    out = {}
+    out, weights = {}, {}
     fp32 = lambda: train_probes(x[tr], y[tr], c, configs, device="cpu")  # noqa: E731
     bf16 = lambda: train_wide_bf16(x[tr], y[tr], c, configs)  # noqa: E731
     for name, fn in (("float32", fp32), ("bf16_matmuls", bf16)):
         heads = fn()
         cpu = min(timed(fn)[0] for _ in range(repeats))
         accs = []
-        for h in heads:
-            w, b = (h.weight, h.bias) if name == "float32" else h
+        weights[name] = [(h.weight, h.bias) if name == "float32" else h for h in heads]
+        for w, b in weights[name]:
             accs.append(round(float(((x[te] @ w + b).argmax(1) == y[te]).float().mean()), 4))
         out[name] = {"test_accuracy_per_head": accs, "cpu_s": round(cpu, 3)}
+    out["max_weight_diff_over_max_weight"] = [
+        round(float((a[0] - b[0]).abs().max() / a[0].abs().max()), 4) for a, b in zip(weights["float32"], weights["bf16_matmuls"])]
     return out
 
 
