@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from head2toe.errors import ProbeDiverged
 
@@ -93,7 +92,8 @@ def glorot_uniform(fan_in: int, fan_out: int, seed: int) -> torch.Tensor:
 
 
 def _penalty(w: torch.Tensor, kinds: list[str], coefs: torch.Tensor) -> torch.Tensor:
-    """Sum over heads of coef_k * penalty_k(W_k); w is (F, K, C)."""
+    """Sum over heads of coef_k * penalty_k(W_k); w is (F, K, C). The value only: training
+    uses its closed-form gradient, `_add_penalty_grad_`."""
     total = w.new_zeros(())
     for kind in set(kinds):
         mask = torch.tensor([k == kind for k in kinds], device=w.device)
@@ -110,6 +110,40 @@ def _penalty(w: torch.Tensor, kinds: list[str], coefs: torch.Tensor) -> torch.Te
     return total
 
 
+def _add_penalty_grad_(g: torch.Tensor, w: torch.Tensor, configs: list[ProbeConfig], head_dim: int) -> None:
+    """g += d penalty / dW, in closed form (what autograd gives for `_penalty`): l1 coef*sign(W),
+    l2 2*coef*W, group coef*W_i / sqrt(||W_i||^2 + eps). w and g are (F, K, C) or (K, F, C)
+    with heads along `head_dim`; one pass for all group-lasso heads, one per l1/l2 head."""
+    group = [c.coef if c.penalty == "group" else 0.0 for c in configs]
+    if any(group):
+        shape = [len(configs) if d == head_dim else 1 for d in range(2)]
+        scale = torch.tensor(group, device=w.device).view(shape)
+        inv_norm = torch.linalg.vector_norm(w, dim=2).square_().add_(_GROUP_EPS).rsqrt_()
+        g.addcmul_(w, inv_norm.mul_(scale).unsqueeze(2))
+    for i, c in enumerate(configs):
+        if c.penalty == "l1" and c.coef:
+            g.select(head_dim, i).add_(w.select(head_dim, i).sign(), alpha=c.coef)
+        elif c.penalty == "l2" and c.coef:
+            g.select(head_dim, i).add_(w.select(head_dim, i), alpha=2 * c.coef)
+
+
+def cosine_lr(config: ProbeConfig, t: int) -> float:
+    """The learning rate of step t (0-based): Keras' CosineDecay(lr, steps), 0 from `steps` on."""
+    return config.lr * 0.5 * (1 + math.cos(math.pi * t / config.steps)) if t < config.steps else 0.0
+
+
+def _adam_unit_step(upd: list[torch.Tensor], grads: list[torch.Tensor], moments: tuple[list, list], t: torch.Tensor) -> None:
+    """upd = -m_hat / (sqrt(v_hat) + eps): one Adam step at lr 1 from zero, moments updated in
+    place, in one fused pass per tensor (the kernel behind torch.optim.Adam(fused=True),
+    called directly: the optimizer class would import torch._dynamo, seconds per process).
+    Adam's step is linear in lr, so each head then adds its own lr times its part of upd."""
+    for u in upd:
+        u.zero_()
+    t.add_(1)
+    torch._fused_adam_(upd, grads, moments[0], moments[1], [], [t] * len(upd), lr=1.0, beta1=ADAM_BETA1,
+                       beta2=ADAM_BETA2, weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
+
+
 def _train_group(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -120,61 +154,82 @@ def _train_group(
 ) -> list[Probe]:
     """Train heads on one batch sequence. x is (N, F), shared by all heads (one wide matmul),
     or (K, N, F), one matrix per head of equal width (one batched matmul). With `rows`, only
-    those rows of x are trained on (the batches index x directly: no copy of the subset)."""
+    those rows of x are trained on (the batches index x directly: no copy of the subset).
+
+    One step, without autograd: gather the batch into a reused buffer (once for all heads),
+    logits by one matmul, the cross-entropy gradient in closed form (softmax - onehot) / B,
+    dL/dW by one matmul into a reused buffer, the penalty's gradient in closed form, then one
+    fused Adam pass (torch.optim.Adam(fused=True), Keras' eps) that writes the unit-lr update
+    -m_hat / (sqrt(v_hat) + eps) of every head, which each head adds scaled by its own cosine lr
+    (`_adam_unit_step`).
+    """
     device = x.device
     stacked = x.dim() == 3
     n, f = x.shape[-2:]
     if rows is not None:
         n = len(rows)
-    k = len(configs)
-    steps = [c.steps for c in configs]
-    max_steps = max(steps)
+    k, c = len(configs), num_classes
+    max_steps = max(cfg.steps for cfg in configs)
     sched = batch_schedule(n, max_steps, configs[0].batch_size, seed).to(device)
     if rows is not None:
         sched = rows[sched]
-    w = torch.zeros(f, k, num_classes, device=device)
-    glorot = [i for i, c in enumerate(configs) if c.init == "glorot"]
+    bsz = sched.shape[1]
+    head_dim = 0 if stacked else 1  # w: (K, F, C) stacked (one bmm), (F, K, C) wide (one (F, K*C) matmul)
+    w = torch.zeros((k, f, c) if stacked else (f, k, c), device=device)
+    glorot = [i for i, cfg in enumerate(configs) if cfg.init == "glorot"]
     if glorot:
-        w[:, glorot, :] = glorot_uniform(f, num_classes, seed).to(device)[:, None, :]
-    w.requires_grad_(True)
-    b = torch.zeros(k, num_classes, device=device, requires_grad=True)
-    params = (w, b)
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
-    beta1, beta2, eps = ADAM_BETA1, ADAM_BETA2, ADAM_EPS
-    base_lr = torch.tensor([c.lr for c in configs], device=device)
-    total_steps = torch.tensor(steps, device=device, dtype=torch.float32)
-    coefs = torch.tensor([c.coef for c in configs], device=device)
-    kinds = [c.penalty for c in configs]
+        init = glorot_uniform(f, c, seed).to(device)
+        for i in glorot:
+            w.select(head_dim, i).copy_(init)
+    b = torch.zeros(k, c, device=device)
+    xb = torch.empty((k, bsz, f) if stacked else (bsz, f), device=device)
+    logits = torch.empty((k, bsz, c) if stacked else (bsz, k * c), device=device)
+    gw = torch.empty_like(w)
+    gb = torch.empty_like(b)
+    upd = [torch.zeros_like(w), torch.zeros_like(b)]  # Adam's step at unit lr, then scaled per head
+    moments = [torch.zeros_like(w), torch.zeros_like(b)], [torch.zeros_like(w), torch.zeros_like(b)]
+    adam_t = torch.zeros((), device=device)
+    batch_dim = 1 if stacked else 0  # of the (K, B, C) / (B, K, C) logits
+    y_sched = y[sched]
+    minus_one = torch.full((1, 1, 1), -1.0, device=device)
     last_loss = torch.zeros(k, device=device)
+    ends = {cfg.steps - 1: [] for cfg in configs}
+    for i, cfg in enumerate(configs):
+        ends[cfg.steps - 1].append(i)
     for t in range(max_steps):
         idx = sched[t]
-        yb = y[idx]
+        torch.index_select(x, 1 if stacked else 0, idx, out=xb)
         if stacked:
-            logits = torch.bmm(x[:, idx], w.permute(1, 0, 2)).permute(1, 0, 2) + b
+            torch.baddbmm(b.unsqueeze(1), xb, w, out=logits)
+            lg = logits
+            yi = y_sched[t].view(1, bsz, 1).expand(k, bsz, 1)
         else:
-            logits = (x[idx] @ w.view(f, k * num_classes)).view(-1, k, num_classes) + b
-        ce = F.cross_entropy(logits.permute(0, 2, 1), yb[:, None].expand(-1, k), reduction="none").mean(0)
-        loss = ce.sum() + _penalty(w, kinds, coefs)
-        gw, gb = torch.autograd.grad(loss, params)
-        active = (t < total_steps).float()
-        lr = base_lr * 0.5 * (1 + torch.cos(math.pi * torch.clamp(t / total_steps, max=1.0))) * active
-        with torch.no_grad():
-            last_loss = torch.where(active.bool(), ce.detach(), last_loss)
-            for i, (p, g) in enumerate(zip(params, (gw, gb))):
-                m[i].mul_(beta1).add_(g, alpha=1 - beta1)
-                v[i].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                mhat = m[i] / (1 - beta1 ** (t + 1))
-                vhat = v[i] / (1 - beta2 ** (t + 1))
-                step_lr = lr.view(1, k, 1) if p is w else lr.view(k, 1)
-                p.sub_(step_lr * mhat / (vhat.sqrt() + eps))
-    w, b = w.detach(), b.detach()
-    for i, c in enumerate(configs):  # a diverged head is a failure, never a chance-level "result"
-        final = last_loss[i] + _penalty(w[:, i : i + 1], [c.penalty], coefs[i : i + 1])
-        if not (torch.isfinite(final) and torch.isfinite(w[:, i]).all() and torch.isfinite(b[i]).all()):
-            raise ProbeDiverged(f"probe diverged (final loss {float(final):g}, non-finite loss or weights) with lr={c.lr} "
-                                f"steps={c.steps} penalty={c.penalty} coef={c.coef}; lower lr or coef")
-    return [Probe(w[:, i, :].contiguous(), b[i].clone(), float(last_loss[i])) for i in range(k)]
+            torch.addmm(b.view(-1), xb, w.view(f, k * c), out=logits)
+            lg = logits.view(bsz, k, c)
+            yi = y_sched[t].view(bsz, 1, 1).expand(bsz, k, 1)
+        logp = torch.log_softmax(lg, dim=2)
+        for i in ends.get(t, ()):
+            last_loss[i] = -logp.gather(2, yi).mean(batch_dim).view(k)[i]
+        grad = logp.exp_().scatter_add_(2, yi, minus_one.expand_as(yi)).div_(bsz)  # d mean-CE / d logits
+        if stacked:
+            torch.bmm(xb.transpose(1, 2), grad, out=gw)
+        else:
+            torch.mm(xb.t(), grad.view(bsz, k * c), out=gw.view(f, k * c))
+        torch.sum(grad, dim=batch_dim, out=gb)
+        _add_penalty_grad_(gw, w, configs, head_dim)
+        _adam_unit_step(upd, [gw, gb], moments, adam_t)
+        for i, cfg in enumerate(configs):
+            lr = cosine_lr(cfg, t)
+            if lr:
+                w.select(head_dim, i).add_(upd[0].select(head_dim, i), alpha=lr)
+                b[i].add_(upd[1][i], alpha=lr)
+    for i, cfg in enumerate(configs):  # a diverged head is a failure, never a chance-level "result"
+        wi = w.select(head_dim, i)
+        final = last_loss[i] + _penalty(wi.unsqueeze(1), [cfg.penalty], torch.tensor([cfg.coef], device=device))
+        if not (torch.isfinite(final) and torch.isfinite(wi).all() and torch.isfinite(b[i]).all()):
+            raise ProbeDiverged(f"probe diverged (final loss {float(final):g}, non-finite loss or weights) with lr={cfg.lr} "
+                                f"steps={cfg.steps} penalty={cfg.penalty} coef={cfg.coef}; lower lr or coef")
+    return [Probe(w.select(head_dim, i).clone(), b[i].clone(), float(last_loss[i])) for i in range(k)]
 
 
 def train_probes_stacked(
