@@ -77,10 +77,10 @@ def features_vs_layers_summary(lvf: pd.DataFrame) -> str:
     """One line: at how many (task, keep fraction) pairs selecting features beat selecting layers."""
     if lvf.empty:
         return ""
-    wins = int((lvf["features_acc"] > lvf["layers_acc"]).sum())
-    gap = (lvf["features_acc"] - lvf["layers_acc"]).mean()
-    return (f"Features beat layers at {wins} of {len(lvf)} (task, keep fraction) pairs, by {gap:+.1f} points on average "
-            "(the paper: selecting features is better than selecting whole layers at equal budget).")
+    diff = (lvf["features_acc"] - lvf["layers_acc"]).round(6)
+    return (f"Features beat layers at {int((diff > 0).sum())} of {len(lvf)} (task, keep fraction) pairs "
+            f"({int((diff == 0).sum())} ties), by {diff.mean():+.1f} points on average (the paper: selecting features "
+            "is better than selecting whole layers at equal budget).")
 
 
 def target_size_summary(sizes: pd.DataFrame) -> str:
@@ -92,7 +92,7 @@ def target_size_summary(sizes: pd.DataFrame) -> str:
         if not per_task:
             continue
         lo, hi = int(d["target_size"].min()), int(d["target_size"].max())
-        wins = sum(int(v[-1] > v[0]) for v in per_task)
-        mean = sum(v[-1] - v[0] for v in per_task) / len(per_task)
-        lines.append(f"{bb} {method}: T={hi} beats T={lo} on {wins} of {len(per_task)} tasks ({mean:+.1f} points on average).")
+        diff = [round(float(v[-1] - v[0]), 6) for v in per_task]
+        lines.append(f"{bb} {method}: T={hi} beats T={lo} on {sum(d > 0 for d in diff)} of {len(diff)} tasks "
+                     f"({sum(d == 0 for d in diff)} ties; {sum(diff) / len(diff):+.1f} points on average).")
     return " ".join(lines)

@@ -171,10 +171,10 @@ def test_accuracy_vs_target_size_and_layers(runs, small_store):
 def test_ablation_summaries_count_wins(runs):
     lvf = analysis.layers_vs_features(runs)
     # 4 tasks x 2 keep fractions; features 0.70 vs layers 0.66 at every pair
-    assert ablations.features_vs_layers_summary(lvf).startswith("Features beat layers at 8 of 8 (task, keep fraction) pairs, by +4.0")
+    assert ablations.features_vs_layers_summary(lvf).startswith("Features beat layers at 8 of 8 (task, keep fraction) pairs (0 ties), by +4.0")
     assert ablations.features_vs_layers_summary(lvf.iloc[0:0]) == ""
     text = ablations.target_size_summary(analysis.accuracy_vs_target_size(runs))
-    assert "resnet50 head2toe: T=512 beats T=256 on 4 of 4 tasks (+2.0 points on average)." in text
+    assert "resnet50 head2toe: T=512 beats T=256 on 4 of 4 tasks (0 ties; +2.0 points on average)." in text
     assert "resnet50 head2toe_layers: T=512 beats T=256 on 4 of 4 tasks" in text
 
 
