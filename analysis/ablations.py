@@ -71,3 +71,28 @@ def accuracy_vs_layers(runs: pd.DataFrame, selections_by_run: dict[str, dict]) -
                      "test_accuracy": 100 * r.test_accuracy})
     return pd.DataFrame(rows, columns=["backbone", "task", "method", "seed", "target_size", "keep_fraction",
                                        "layers_used", "layers_total", "test_accuracy"])
+
+
+def features_vs_layers_summary(lvf: pd.DataFrame) -> str:
+    """One line: at how many (task, keep fraction) pairs selecting features beat selecting layers."""
+    if lvf.empty:
+        return ""
+    diff = (lvf["features_acc"] - lvf["layers_acc"]).round(6)
+    return (f"Features beat layers at {int((diff > 0).sum())} of {len(lvf)} (task, keep fraction) pairs "
+            f"({int((diff == 0).sum())} ties), by {diff.mean():+.1f} points on average (the paper: selecting features "
+            "is better than selecting whole layers at equal budget).")
+
+
+def target_size_summary(sizes: pd.DataFrame) -> str:
+    """One line per method with two or more target sizes: on how many tasks its largest target
+    size beat its smallest (best CV accuracy)."""
+    lines = []
+    for (bb, method), d in sizes.groupby(["backbone", "method"], sort=False):
+        per_task = [g.sort_values("target_size")["val_accuracy"].to_numpy() for _, g in d.groupby("task") if g["target_size"].nunique() > 1]
+        if not per_task:
+            continue
+        lo, hi = int(d["target_size"].min()), int(d["target_size"].max())
+        diff = [round(float(v[-1] - v[0]), 6) for v in per_task]
+        lines.append(f"{bb} {method}: T={hi} beats T={lo} on {sum(d > 0 for d in diff)} of {len(diff)} tasks "
+                     f"({sum(d == 0 for d in diff)} ties; {sum(diff) / len(diff):+.1f} points on average).")
+    return " ".join(lines)

@@ -7,6 +7,7 @@ the paper finds Head2Toe helps most where affinity is low (far transfer).
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from analysis.catalog import PUBLISHED_BACKBONES, VTAB_TASKS
@@ -53,3 +54,16 @@ def affinity_note(frame: pd.DataFrame) -> str:
     if "none" in sources:
         text += " Tasks outside VTAB without scratch runs have no affinity."
     return text.strip()
+
+
+def gain_vs_affinity(frame: pd.DataFrame) -> str:
+    """One line: the correlation of Head2Toe's gain with domain affinity over the tasks that
+    have both (the paper finds it negative: the gain is largest where affinity is low)."""
+    both = frame.dropna(subset=["affinity", "gain"])
+    if len(both) < 3:
+        return ""
+    r = float(np.corrcoef(both["affinity"], both["gain"])[0, 1])
+    low = both.sort_values("affinity").iloc[0]
+    return (f"Over {len(both)} tasks, corr(affinity, gain) = {r:+.2f} (Pearson); the lowest affinity is {low['task']} "
+            f"({low['affinity']:+.1f}), where Head2Toe gains {low['gain']:+.1f} points. The paper finds the gain largest "
+            "where affinity is low (a negative correlation).")

@@ -13,11 +13,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import ablations, plots
-from analysis.affinity import affinity_note, domain_affinity
+from analysis.affinity import affinity_note, domain_affinity, gain_vs_affinity
 from analysis.cost import cost_table, paper_cost_check
 from analysis.multi_backbone import backbone_table
 from analysis.overlap import layer_share, pairwise_overlap, task_selections
-from analysis.published import compare, side_by_side
+from analysis.published import compare, paper_rows, side_by_side, stand_in_rows, why_no_comparison
 from analysis.runs import DEFAULT_EXPERIMENT, final_runs, load_runs, load_selections, tidy
 from analysis.tables import PaperTable, paper_tables
 
@@ -89,8 +89,15 @@ def _versus_section(tables: dict[str, PaperTable]) -> Section:
     comparison = pd.concat([compare(t) for t in tables.values()] or [pd.DataFrame()], ignore_index=True)
     section = Section("Ours vs the paper", csv_only={"ours_vs_paper": comparison},
                       tables={f"ours_vs_paper_{b}": side_by_side(comparison, b) for b in tables if not comparison.empty})
-    section.notes.append("Per method and VTAB task: our mean over seeds vs the published number (difference, pp)."
-                         if not comparison.empty else "No runs on a backbone and VTAB task the paper reports (ResNet-50, ViT-B/16).")
+    if not comparison.empty:
+        section.notes.append("Per method and VTAB task: our mean over seeds vs the published number (difference, pp).")
+    else:
+        section.notes += [why_no_comparison(tables),
+                          "paper_rows: the published rows this sweep's methods would be compared with (the paper's "
+                          "VTAB-1k means; analysis/published/*.csv holds every task's cell). stand_ins: for "
+                          "orientation only, our accuracy on each stand-in next to the paper's ResNet-50 cell of the "
+                          "VTAB task it imitates (different images and backbone, so not a comparison)."]
+        section.tables.update({"paper_rows": paper_rows(tables), "stand_ins": stand_in_rows(tables)})
     _figures(section, ours_vs_paper=plots.ours_vs_paper_plot(comparison))
     return section
 
@@ -99,7 +106,8 @@ def _affinity_section(tables: dict[str, PaperTable]) -> Section:
     affinity = pd.concat([domain_affinity(t) for t in tables.values()] or [pd.DataFrame(columns=["scratch_source"])],
                          ignore_index=True)
     section = Section("Domain affinity", tables={"domain_affinity": affinity}, notes=[
-        "Affinity = Acc(Linear) − Acc(Scratch); gain = Acc(Head2Toe) − Acc(Linear).", affinity_note(affinity)])
+        "Affinity = Acc(Linear) − Acc(Scratch); gain = Acc(Head2Toe) − Acc(Linear).", affinity_note(affinity),
+        gain_vs_affinity(affinity)])
     _figures(section, affinity=plots.affinity_plot(affinity))
     return section
 
@@ -109,7 +117,7 @@ def _layers_section(runs: pd.DataFrame) -> Section:
     section = Section("Layers vs features", tables={"layers_vs_features": lvf}, notes=[
         "Best CV accuracy of head2toe (select features) and head2toe_layers (select whole layers) at each keep fraction "
         "both were cross-validated at." if not lvf.empty else "Needs CV trials of both head2toe and head2toe_layers at a "
-        "common keep fraction (configs/ablation_layers_vs_features.yaml)."])
+        "common keep fraction (configs/ablation_layers_vs_features.yaml).", ablations.features_vs_layers_summary(lvf)])
     _figures(section, layers_vs_features=plots.layers_vs_features_plot(lvf))
     return section
 
@@ -145,7 +153,9 @@ def _bitter_section(runs: pd.DataFrame, selections: dict[str, dict]) -> Section:
     section = Section("Bitter lesson: more layers, more features", tables={"accuracy_vs_target_size": sizes},
                       csv_only={"accuracy_vs_layers": used})
     size_fig = plots.target_size_plot(sizes)
-    section.notes.append("Accuracy vs target size: best CV accuracy per target size." if size_fig is not None else
+    section.notes.append("Accuracy vs target size: best CV accuracy per target size (every size is pooled from the same "
+                         "forward pass: extraction runs the backbone once per image). " + ablations.target_size_summary(sizes)
+                         if size_fig is not None else
                          "Accuracy vs target size needs CV trials over two or more target sizes "
                          "(configs/ablation_target_size.yaml); this sweep has one per task.")
     section.notes.append("Accuracy vs layers: test accuracy against the number of layers the final selection draws from.")

@@ -30,6 +30,9 @@ class BackboneConfig(_Strict):
     name: str
     weights: str = "pretrained"
     input_size: int | None = Field(default=None, gt=0)
+    # finetune and scratch train and score at this resolution (None: input_size); they run the
+    # backbone forward and backward per step, so a lower one makes them affordable on a CPU
+    image_input_size: int | None = Field(default=None, gt=0)
     checkpoint: str | None = None
     batch_size: int = Field(default=32, gt=0)
 
@@ -278,6 +281,11 @@ class SweepConfig(_Strict):
                     raise ValueError(f"methods.{name}: {e}") from None
                 if not points:
                     raise ValueError(f"methods.{name}: empty grid; give at least lr and steps")
+        if "head2toe_ft" in self.methods:
+            odd = [b.name for b in self.backbones if b.image_input_size not in (None, b.input_size)]
+            if odd:
+                raise ValueError(f"backbones: {odd[0]} sets image_input_size, but head2toe_ft trains on the features it "
+                                 "selected from the cache at input_size; drop image_input_size or head2toe_ft")
         try:
             self.train_config()
         except (H2TError, TypeError) as e:

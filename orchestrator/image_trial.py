@@ -59,7 +59,7 @@ def image_trial(config: dict, trials: list[dict], cache_uri: str | None, train_c
     start = time.perf_counter()
     out = run_image_method(
         spec.task, bb.name, spec.method, dict(spec.image_hp), spec.seed, spec.fold, config=TrainConfig(**train_config),
-        checkpoint_dir=work, on_checkpoint=on_checkpoint, input_size=bb.input_size, weights=bb.weights,
+        checkpoint_dir=work, on_checkpoint=on_checkpoint, input_size=bb.image_input_size or bb.input_size, weights=bb.weights,
         checkpoint=bb.checkpoint, provider=provider,
     )
     out["wall_time_s"] = time.perf_counter() - start

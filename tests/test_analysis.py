@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from mlflow_fixtures import SCRATCH_ACC, SEEDS, SMALL_ACC, SMALL_TASKS, StoreBuilder, small_store, store_dir, task_offset  # noqa: F401
 
 import analysis
+from analysis import ablations, affinity, published
 from analysis.catalog import VTAB_TASKS
 from analysis.overlap import iou, overlap_coefficient
 from analysis.tables import MEAN
@@ -164,6 +165,56 @@ def test_accuracy_vs_target_size_and_layers(runs, small_store):
     assert h2t.loc[256] == pytest.approx(70) and h2t.loc[512] == pytest.approx(72)
     used = analysis.accuracy_vs_layers(runs, analysis.load_selections(small_store.uri, runs))
     assert (used["layers_total"] == 4).all() and used["layers_used"].between(1, 4).all()
+
+
+
+def test_ablation_summaries_count_wins(runs):
+    lvf = analysis.layers_vs_features(runs)
+    # 4 tasks x 2 keep fractions; features 0.70 vs layers 0.66 at every pair
+    assert ablations.features_vs_layers_summary(lvf).startswith("Features beat layers at 8 of 8 (task, keep fraction) pairs (0 ties), by +4.0")
+    assert ablations.features_vs_layers_summary(lvf.iloc[0:0]) == ""
+    text = ablations.target_size_summary(analysis.accuracy_vs_target_size(runs))
+    assert "resnet50 head2toe: T=512 beats T=256 on 4 of 4 tasks (0 ties; +2.0 points on average)." in text
+    assert "resnet50 head2toe_layers: T=512 beats T=256 on 4 of 4 tasks" in text
+
+
+@pytest.fixture(scope="module")
+def offline_table(tmp_path_factory):
+    """An embedded-default-like sweep: efficientnet_lite0 on offline tasks, with our own Scratch."""
+    b = StoreBuilder(tmp_path_factory.mktemp("offline"))
+    acc = {"synth_dsprites_loc": (0.33, 0.50, 0.69), "synth_clevr_count": (0.44, 0.30, 0.60), "digits": (0.92, 0.78, 0.976)}
+    for task, (linear, scratch, h2t) in acc.items():
+        for method, value in (("linear", linear), ("scratch", scratch), ("head2toe", h2t)):
+            b.final(task, "efficientnet_lite0", method, 0, value, task_group="Offline")
+    return analysis.paper_table(analysis.load_runs(b.uri, b.experiment), "efficientnet_lite0")
+
+
+def test_offline_sweep_says_why_it_has_no_paper_rows_and_which_it_would_compare(offline_table):
+    tables = {"efficientnet_lite0": offline_table}
+    assert analysis.compare(offline_table).empty
+    why = published.why_no_comparison(tables)
+    assert "the paper has no table for efficientnet_lite0" in why and "synth_dsprites_loc (imitates dsprites_loc)" in why
+    assert "digits" in why and "not VTAB-1k tasks" in why
+    rows = published.paper_rows(tables).set_index("method")
+    assert list(rows.index) == ["Linear", "Head2Toe", "Scratch"]  # the paper's order
+    assert rows.loc["Linear"].tolist() == [57.0, 52.8] and rows.loc["Scratch"].tolist() == [42.1, 32.8]
+    stand = published.stand_in_rows(tables).set_index(["task", "method"])
+    assert set(stand.index.get_level_values("task")) == {"synth_dsprites_loc", "synth_clevr_count"}  # digits imitates none
+    assert stand.loc[("synth_dsprites_loc", "Linear"), "ours"] == pytest.approx(33.0)
+    assert stand.loc[("synth_dsprites_loc", "Linear"), "paper resnet50 (on the VTAB task)"] == 40.4
+    assert stand.loc[("synth_clevr_count", "Head2Toe"), "imitates"] == "clevr_count"
+    assert published.why_no_comparison({"resnet50": analysis.PaperTable(
+        "resnet50", offline_table.mean[[]], offline_table.std[[]], offline_table.n[[]], offline_table.mean_tasks)}) == ""
+
+
+def test_affinity_from_our_scratch_and_its_correlation_with_the_gain(offline_table):
+    aff = analysis.domain_affinity(offline_table).set_index("task")
+    assert set(aff["scratch_source"]) == {"ours"}
+    assert aff.loc["synth_dsprites_loc", "affinity"] == pytest.approx(33 - 50)
+    r = np.corrcoef(aff["affinity"], aff["gain"])[0, 1]
+    line = affinity.gain_vs_affinity(aff.reset_index())
+    assert line.startswith(f"Over 3 tasks, corr(affinity, gain) = {r:+.2f}") and "lowest affinity is synth_dsprites_loc (-17.0)" in line
+    assert affinity.gain_vs_affinity(aff.reset_index().iloc[:2]) == ""
 
 
 # -- published numbers --------------------------------------------------------------------
