@@ -20,6 +20,8 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from orchestrator.plan import TuneTrial
+from orchestrator.record import TrialRecord
 from orchestrator.tracking import Tracker, is_transient
 
 
@@ -40,7 +42,7 @@ def error_summary(trial) -> str:
 
 
 class MlflowTrialLogger(Callback):
-    def __init__(self, tracker: Tracker, sweep_id: str, stage_run: str, task_groups: dict[str, str], trials: list[dict]):
+    def __init__(self, tracker: Tracker, sweep_id: str, stage_run: str, task_groups: dict[str, str], trials: list[TuneTrial]):
         self.trials = trials
         self.tracker = tracker
         self.sweep_id = sweep_id
@@ -103,9 +105,8 @@ class MlflowTrialLogger(Callback):
     # -- trial events --------------------------------------------------------------------------
     def _open(self, trial) -> dict[str, str]:
         if trial.trial_id not in self.open:
-            t = self.trials[trial.config["trial"]]
             handles = {}
-            for spec in t.get("specs") or [t["spec"]]:  # a final trial of a task x backbone holds several specs
+            for spec in self.trials[trial.config["trial"]].specs:  # a final trial of a task x backbone holds several
                 for key, params in spec.runs():
                     ops = self.tracker.open_trial_ops(spec, key, params, self.sweep_id, self.stage_run, self.task_groups.get(spec.task, ""))
                     handles[key] = ops[0]["h"]
@@ -126,7 +127,7 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         runs = self._open(trial)
         for row in result.get("rows", []):
-            h = runs.pop(row["key"], None)
+            h = runs.pop(TrialRecord.from_row(row).key, None)
             if h is not None:
                 self._send(self.tracker.close_trial_ops(h, row))
                 self.logged += 1
