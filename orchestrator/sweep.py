@@ -55,6 +55,8 @@ class SweepResult:
     out_dir: Path
     summary: pd.DataFrame
     counts: dict = field(default_factory=dict)
+    # mean test accuracy (%) over seeds: {(task, backbone, method): mean}
+    means: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 def init_ray(address: str | None) -> None:
@@ -177,8 +179,9 @@ def cv_rows(tracker: Tracker, sweep_id: str) -> dict[tuple[str, str, str], list[
     return out
 
 
-def summary_table(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
-    """Test accuracy (%) mean and std over seeds: one row per task x backbone, methods as columns."""
+def final_accuracy(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
+    """Test accuracy (%) of finished final runs: mean, std and count over seeds per task x
+    backbone x method (empty when none finished)."""
     rows = []
     for run in tracker.trial_runs(sweep_id, stage="final", status="FINISHED"):
         p = run.data.params
@@ -187,7 +190,14 @@ def summary_table(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows).drop_duplicates(["task", "backbone", "method", "seed"])
-    agg = df.groupby(["task", "backbone", "method"])["test_accuracy"].agg(["mean", "std", "count"]).reset_index()
+    return df.groupby(["task", "backbone", "method"])["test_accuracy"].agg(["mean", "std", "count"]).reset_index()
+
+
+def summary_table(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
+    """Test accuracy (%) mean and std over seeds: one row per task x backbone, methods as columns."""
+    agg = final_accuracy(tracker, sweep_id)
+    if agg.empty:
+        return agg
     agg["cell"] = [f"{m:.1f}" + (f" ± {s:.1f}" if c > 1 else "") for m, s, c in zip(agg["mean"], agg["std"].fillna(0), agg["count"])]
     return agg.pivot(index=["task", "backbone"], columns="method", values="cell")
 
@@ -242,4 +252,5 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
         for run_id in filter(None, (stage, parent)):
             tracker.end(run_id, "FAILED")
         raise
-    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(tracker, sweep_id), counts)
+    means = {(r.task, r.backbone, r.method): float(r.mean) for r in final_accuracy(tracker, sweep_id).itertuples()}
+    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(tracker, sweep_id), counts, means)
