@@ -2,7 +2,10 @@
 
 Trial compute is what trials spent inside the method (MLflow `wall_time_s`, summed over a
 stage's trial runs); the rest of the slot time is Ray/Tune scheduling, actor start-up,
-object transfer and MLflow logging. Goal: <= 10 % on the demo sweep.
+object transfer, MLflow logging and slots left idle at a stage's end. `startup_s`: from the
+stage's start to its first trial running (Tuner set-up, worker start, the trainable's
+imports). Goal: <= 10 % on the demo sweep. On a shared machine compare runs made side by
+side: trial compute inflates with the load as much as the overhead does.
 
     .venv/bin/python benchmarks/bench_sweep.py                      # runs configs/demo.yaml into out/bench-sweep
     .venv/bin/python benchmarks/bench_sweep.py --tracking-uri sqlite:///out/demo/mlflow.db --experiment h2t-demo
@@ -33,7 +36,9 @@ def overhead(tracking_uri: str, experiment: str, slots: float) -> dict:
             continue
         wall = (parent[0].info.end_time - parent[0].info.start_time) / 1000
         compute = sum(r.data.metrics.get("wall_time_s", 0.0) for r in trials)
+        startup = (min(r.info.start_time for r in trials) - parent[0].info.start_time) / 1000  # stage start -> first trial running
         out[stage] = {"wall_s": round(wall, 1), "trial_compute_s": round(compute, 1), "runs": len(trials),
+                      "startup_s": round(startup, 1), "startup_share": round(startup / wall, 3),
                       "overhead_share": round(1 - compute / (wall * slots), 3)}
         total_wall += wall
         total_compute += compute
@@ -47,6 +52,7 @@ def main() -> None:
     p.add_argument("--tracking-uri", default=None, help="read an existing sweep instead of running the demo")
     p.add_argument("--experiment", default="h2t-demo")
     p.add_argument("--out", default="out/bench-sweep")
+    p.add_argument("--config", default=None, help="sweep YAML to run (default configs/demo.yaml)")
     p.add_argument("--slots", type=float, default=None, help="concurrent trials (default: CPUs / trial CPUs)")
     args = p.parse_args()
     slots = args.slots or float(os.cpu_count() or 1)
@@ -55,7 +61,7 @@ def main() -> None:
         from orchestrator.config import load_config
         from orchestrator.sweep import run_sweep
 
-        config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+        config = Path(args.config or Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
         res = run_sweep(load_config(config), Path(args.out), resume=False, config_text=config.read_text())
         uri = res.tracking_uri
     print(json.dumps({"tune_overhead": overhead(uri, args.experiment, slots)}, indent=1))

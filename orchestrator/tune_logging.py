@@ -57,10 +57,21 @@ class MlflowTrialLogger(Callback):
         self.attempt = 0
         self.logged = 0
         self.failed = 0
+        self._start_sender_state()
+
+    def _start_sender_state(self) -> None:
         self._wake = threading.Condition()
         self._closing = False
         self._sender: threading.Thread | None = None
         self._error: BaseException | None = None
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks with the Tuner: the sender's lock and thread stay behind."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_wake", "_closing", "_sender", "_error")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._start_sender_state()
 
     # -- the outbox --------------------------------------------------------------------------
     # Tune calls the trial events on its event loop: a write there would hold back the next
