@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import load_config
@@ -35,6 +36,7 @@ def _outcome(tracking_uri: str) -> dict:
     return out
 
 
+@pytest.mark.slow  # two sweeps with their extraction: 92 s on the shared 2-core machine at load ~15
 def test_same_config_twice_gives_identical_numbers(local_ray, tmp_path):
     path = write_config(tmp_path / "det.yaml", methods=METHODS, seeds=[0], folds=[0, 1],
                         backbones=[{"name": "efficientnet_lite0", "input_size": 32}])
