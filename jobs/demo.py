@@ -19,7 +19,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.sweep import preflight, print_result
+    from jobs.sweep import preflight, print_expected, print_result
     from orchestrator.sweep import run_sweep
 
     start = time.perf_counter()
@@ -28,6 +28,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     res = run_sweep(cfg, out, resume=True, config_text=Path(args.config).read_text())
     print_result(res)
+    print_expected(cfg, res)
     report = write_report(res.tracking_uri, res.experiment, out / "report")
     if report:
         print(f"Report: {report}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from jobs.preflight import check_tracking_uri, open_checked_cache, require_writable_or_cached, write_problem
 from orchestrator.config import SweepConfig, load_config
+from orchestrator.expected import check_expected, parse_expected
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -29,9 +30,24 @@ def print_result(res) -> None:
         print(f"  open the UI:  mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1 --port 5000")
 
 
+def print_expected(cfg: SweepConfig, res) -> int:
+    """One line per `expected:` rule and backbone (met or MISSED, with the measured value);
+    returns how many did not hold. A miss is a finding, not a failure: the exit code stays."""
+    outcomes = check_expected(expected_rules(cfg), res.means, [bb.name for bb in cfg.backbones])
+    for o in outcomes:
+        print(f"h2t: {o.line()}")
+    return sum(not o.met for o in outcomes)
+
+
+def expected_rules(cfg: SweepConfig):
+    return parse_expected(cfg.expected, list(cfg.tasks), list(cfg.methods))
+
+
 def preflight(cfg: SweepConfig) -> None:
-    """What the sweep will touch, checked before Ray starts: the tracking server answers, the
-    feature cache is reachable and either writable or already holds every file."""
+    """What the sweep will touch, checked before Ray starts: the `expected:` rules parse, the
+    tracking server answers, the feature cache is reachable and either writable or already
+    holds every file."""
+    expected_rules(cfg)
     check_tracking_uri(cfg.tracking_uri)
     cache = open_checked_cache(cfg.cache)
     if write_problem(cache) is None:
@@ -53,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("out") / cfg.name)
     res = run_sweep(cfg, out, resume=args.resume, address=args.address, config_text=Path(args.config).read_text())
     print_result(res)
+    print_expected(cfg, res)
     return 1 if res.counts["cv"]["errors"] or res.counts["final"]["errors"] else 0
 
 

@@ -465,13 +465,13 @@ def plan_capacity(cfg: SweepConfig, a: Assumptions = ASSUMPTIONS) -> CapacityPla
                 else [(t, bb) for t, bb, _ in p.needs])) / 3600,
         "probe trials, CV": sum(t.flops() for t in cv) / tflop,
         "probe trials, final (each grid's costliest point)": sum(t.flops() for t in finals) / tflop,
-        "image trials, CV": sum(dict(s.image_hp)["steps"] * tc.batch_size / a.train_rate(s.backbone.name) for s in image_cv) / 3600,
+        "image trials, CV": sum(s.hp.steps * tc.batch_size / a.train_rate(s.backbone.name) for s in image_cv) / 3600,
         "image trials, final (longest schedule, + test)": sum((steps * tc.batch_size + p.rows[t]["test"]) / a.train_rate(bb.name)
                                                               for t, bb, steps in image_finals) / 3600,
     }
     gpu_hours["total"] = sum(gpu_hours.values())
     forward = {"extraction: one per image per backbone (train + test)": sum(images[t] for t, _, _ in p.needs),
-               "image-method training: images through the backbone": sum(dict(s.image_hp)["steps"] * tc.batch_size for s in image_cv)
+               "image-method training: images through the backbone": sum(s.hp.steps * tc.batch_size for s in image_cv)
                + sum(steps * tc.batch_size for *_, steps in image_finals)}
     refused.sort(key=lambda r: r.planned - r.granted, reverse=True)
     return CapacityPlan(cfg.name, list(p.shapes.values()), p.sizes, trials, forward, storage, memory, granted, largest, gpu_hours, refused,

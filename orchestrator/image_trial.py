@@ -18,31 +18,30 @@ from head2toe.cache import open_cache
 from head2toe.image_methods.config import TrainConfig
 from head2toe.image_methods.run import run_image_method
 from head2toe.provider import FeatureProvider
-from orchestrator.plan import TrialSpec
-from orchestrator.trial import use_assigned_cpus
+from orchestrator.plan import ImageRun
+from orchestrator.record import TrialRecord
+from orchestrator.trial import report
 
 RESULT_KEYS = ("n_features_total", "n_features_kept", "train_loss", "wall_time_s", "forward_passes")
 
 
-def image_row(spec: TrialSpec, out: dict, cv_accuracy: float | None) -> dict:
-    (key, params), = spec.runs()
+def image_record(trial: ImageRun, out: dict) -> TrialRecord:
+    spec = trial.spec
     metrics = {k: out[k] for k in RESULT_KEYS}
     metrics["start_step"] = out["start_step"]  # > 0 when the trial resumed from a checkpoint
     if spec.fold is None:
-        metrics.update(test_accuracy=out["test_accuracy"], cv_accuracy=cv_accuracy)
+        metrics.update(test_accuracy=out["test_accuracy"], cv_accuracy=trial.cv_accuracy)
     else:
         metrics["val_accuracy"] = out["val_accuracy"]
-    row = {"key": key, "params": params, "metrics": metrics, "cache_key": ""}
+    record = TrialRecord(spec.key, spec.params(), metrics)
     if out.get("kept") is not None and spec.fold is None:
-        row["kept"], row["widths"] = out["kept"], out["widths"]
-    return row
+        record.kept, record.widths = out["kept"], out["widths"]
+    return record
 
 
-def image_trial(config: dict, trials: list[dict], cache_uri: str | None, train_config: dict) -> None:
-    """Tune function trainable: one image-level method run, resumable from Tune checkpoints."""
-    use_assigned_cpus()
-    trial = trials[config["trial"]]
-    spec: TrialSpec = trial["spec"]
+def image_trial(trial: ImageRun, cache_uri: str | None, train_config: dict) -> None:
+    """One image-level method run, resumable from Tune checkpoints."""
+    spec = trial.spec
     bb = spec.backbone
     work = Path(tempfile.mkdtemp(prefix="h2t-ft-"))
     restored = tune.get_checkpoint()
@@ -58,10 +57,9 @@ def image_trial(config: dict, trials: list[dict], cache_uri: str | None, train_c
         provider = FeatureProvider(backbone, store=open_cache(cache_uri), progress=False)
     start = time.perf_counter()
     out = run_image_method(
-        spec.task, bb.name, spec.method, dict(spec.image_hp), spec.seed, spec.fold, config=TrainConfig(**train_config),
+        spec.task, bb.name, spec.method, spec.hp, spec.seed, spec.fold, config=TrainConfig(**train_config),
         checkpoint_dir=work, on_checkpoint=on_checkpoint, input_size=bb.image_input_size or bb.input_size, weights=bb.weights,
         checkpoint=bb.checkpoint, provider=provider,
     )
     out["wall_time_s"] = time.perf_counter() - start
-    row = image_row(spec, out, trial.get("cv_accuracy"))
-    tune.report({"rows": [row], "accuracy": out.get("val_accuracy", out.get("test_accuracy"))})
+    report([image_record(trial, out)])

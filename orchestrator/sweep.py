@@ -20,30 +20,31 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+import ray
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
-# Trial rows are nested (per-hp metrics, kept indices): Tune's JSON logger keeps them, the
-# TensorBoard logger cannot, so the automatic loggers are replaced by the JSON one.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic CLI reporter prints a trial table
-os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+from head2toe.allocator import allocator_env
+from head2toe.errors import H2TError
+from head2toe.protocol import choose_best
+from head2toe.tasks import get_task
+from orchestrator.config import SweepConfig
+from orchestrator.extraction import extract_for_sweep
+from orchestrator.features import backbone_id, check_entry, sweep_keys, sweep_splits
+from orchestrator.plan import FeatureTrial, FinalGroup, FoldTrial, ImageRun, TrialSpec, TuneTrial, cv_specs, final_specs, image_cv_specs
+from orchestrator.record import TrialRecord
+from orchestrator.tracking import Tracker
+from orchestrator.trainable import run_trial
+from orchestrator.tune_logging import MlflowTrialLogger
 
-import pandas as pd  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.logger import JsonLoggerCallback  # noqa: E402
-
-from head2toe.allocator import allocator_env  # noqa: E402
-from head2toe.errors import H2TError  # noqa: E402
-from head2toe.protocol import choose_best  # noqa: E402
-from head2toe.tasks import get_task  # noqa: E402
-from orchestrator.config import SweepConfig  # noqa: E402
-from orchestrator.extraction import extract_for_sweep  # noqa: E402
-from orchestrator.features import backbone_id, check_entry, sweep_keys, sweep_splits  # noqa: E402
-from orchestrator.plan import TrialSpec, cv_specs, final_specs, image_cv_specs  # noqa: E402
-from orchestrator.tracking import Tracker  # noqa: E402
-from orchestrator.image_trial import image_trial  # noqa: E402
-from orchestrator.trial import feature_trial, final_trial  # noqa: E402
-from orchestrator.tune_logging import MlflowTrialLogger  # noqa: E402
+# Read by Tune when a Tuner runs (not at import), set by init_ray unless the user set them:
+TUNE_ENV = {
+    # Trial rows are nested (per-hp metrics, kept indices): Tune's JSON logger keeps them, the
+    # TensorBoard logger cannot, so the automatic loggers are replaced by the JSON one.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic CLI reporter prints a trial table
+}
 
 
 @dataclass
@@ -54,11 +55,15 @@ class SweepResult:
     out_dir: Path
     summary: pd.DataFrame
     counts: dict = field(default_factory=dict)
+    # mean test accuracy (%) over seeds: {(task, backbone, method): mean}
+    means: dict[tuple[str, str, str], float] = field(default_factory=dict)
 
 
 def init_ray(address: str | None) -> None:
     """Attach to a cluster when there is one (address, $RAY_ADDRESS), else start a local one.
-    Workers inherit the fastest CPU allocator."""
+    Workers inherit the fastest CPU allocator. Sets the driver's Tune settings (`TUNE_ENV`)."""
+    for k, v in TUNE_ENV.items():
+        os.environ.setdefault(k, v)
     if ray.is_initialized():
         return
     env = dict(allocator_env())
@@ -71,32 +76,32 @@ def default_tracking_uri(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
 
 
-def _trials(cfg: SweepConfig, specs: list[TrialSpec], keys: dict, extra: dict[str, dict]) -> list[dict]:
+def _trials(cfg: SweepConfig, specs: list[TrialSpec], keys: dict, extra: dict[str, dict]) -> list[TuneTrial]:
     """Tune trials of a stage: a CV trial per spec; in the final stage one trial per task x
     backbone holding every feature-method final run, and one per image-method final run."""
     num_classes = {t: get_task(t).num_classes for t in {s.task for s in specs}}
-    out, finals = [], defaultdict(list)
+    out: list[TuneTrial] = []
+    finals: dict[tuple, list[FeatureTrial]] = defaultdict(list)
     for s in specs:
-        base = {"num_classes": num_classes[s.task], **extra.get(s.name(), {})}
-        if not s.hps:
-            out.append({"spec": s, "name": s.name(), **base})
+        if not isinstance(s, FeatureTrial):
+            out.append(ImageRun(s, num_classes[s.task], extra.get(s.name(), {}).get("cv_accuracy")))
         elif s.stage == "cv":
             key = keys[(s.task, backbone_id(s.backbone), get_task(s.task).cv_split, s.target_size)]
-            out.append({"spec": s, "name": s.name(), "key": key, **base})
+            out.append(FoldTrial(s, key, num_classes[s.task]))
         else:
             finals[(s.task, s.backbone)].append(s)
     for (task, bb), group in finals.items():
         bid, sizes = backbone_id(bb), sorted({s.target_size for s in group})
         entry = {f"{split}/{t}": keys[(task, bid, split, t)] for t in sizes for split in ("train", "test") if (task, bid, split, t) in keys}
-        out.append({"specs": group, "name": f"final_{task}_{bb.name}_features", "keys": entry, "num_classes": num_classes[task],
-                    "test_features": cfg.test_features, "cv_accuracy": {s.name(): extra[s.name()]["cv_accuracy"] for s in group}})
+        out.append(FinalGroup(tuple(group), entry, num_classes[task], cfg.test_features,
+                              {s.name(): extra[s.name()]["cv_accuracy"] for s in group}))
     return out
 
 
-def _resources(cfg: SweepConfig, trial: dict) -> dict[str, float]:
-    if "specs" in trial:  # the final trial of a task x backbone
+def _resources(cfg: SweepConfig, trial: TuneTrial) -> dict[str, float]:
+    if isinstance(trial, FinalGroup):  # the final trial of a task x backbone
         return cfg.final_resources().as_tune()
-    return (cfg.resources.trial if trial["spec"].hps else cfg.resources.image_trial).as_tune()
+    return (cfg.resources.trial if isinstance(trial, FoldTrial) else cfg.resources.image_trial).as_tune()
 
 
 def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep_id: str, stage_run: str,
@@ -120,7 +125,7 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
         param_space={"trial": tune.grid_search(list(range(len(trials))))},
         tune_config=tune.TuneConfig(
             reuse_actors=True, max_concurrent_trials=cfg.max_concurrent_trials,
-            trial_name_creator=lambda t: trials[t.config["trial"]]["name"],
+            trial_name_creator=lambda t: trials[t.config["trial"]].name,
             trial_dirname_creator=lambda t: t.trial_id,
         ),
         run_config=tune.RunConfig(
@@ -135,21 +140,9 @@ def _run_stage(cfg: SweepConfig, specs: list[TrialSpec], tracker: Tracker, sweep
     errors = [r for r in grid if r.error is not None]
     for r in errors:
         print(f"h2t: trial failed after {cfg.max_failures} retries: {r.error}", file=sys.stderr)
-    streamed = sum(r.metrics["rows"][0]["metrics"].get("forward_passes", 0) for r in grid
-                   if r.error is None and "specs" in trials[r.config["trial"]] and r.metrics.get("rows"))
+    streamed = sum(TrialRecord.from_row(r.metrics["rows"][0]).metrics.get("forward_passes", 0) for r in grid
+                   if r.error is None and isinstance(trials[r.config["trial"]], FinalGroup) and r.metrics.get("rows"))
     return {"trials": len(trials), "errors": len(errors)}, streamed
-
-
-def run_trial(config: dict, trials: list[dict], cache_uri: str | None, train_config: dict) -> None:
-    """Tune trainable: probes on cached features (a CV trial, or a task x backbone's final
-    trial), or an image-level method on images."""
-    trial = trials[config["trial"]]
-    if "specs" in trial:
-        final_trial(config, trials, cache_uri)
-    elif trial["spec"].hps:
-        feature_trial(config, trials, cache_uri)
-    else:
-        image_trial(config, trials, cache_uri, train_config)
 
 
 def check_train_entries(cfg: SweepConfig, keys: dict) -> None:
@@ -186,8 +179,9 @@ def cv_rows(tracker: Tracker, sweep_id: str) -> dict[tuple[str, str, str], list[
     return out
 
 
-def summary_table(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
-    """Test accuracy (%) mean and std over seeds: one row per task x backbone, methods as columns."""
+def final_accuracy(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
+    """Test accuracy (%) of finished final runs: mean, std and count over seeds per task x
+    backbone x method (empty when none finished)."""
     rows = []
     for run in tracker.trial_runs(sweep_id, stage="final", status="FINISHED"):
         p = run.data.params
@@ -196,7 +190,14 @@ def summary_table(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows).drop_duplicates(["task", "backbone", "method", "seed"])
-    agg = df.groupby(["task", "backbone", "method"])["test_accuracy"].agg(["mean", "std", "count"]).reset_index()
+    return df.groupby(["task", "backbone", "method"])["test_accuracy"].agg(["mean", "std", "count"]).reset_index()
+
+
+def summary_table(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
+    """Test accuracy (%) mean and std over seeds: one row per task x backbone, methods as columns."""
+    agg = final_accuracy(tracker, sweep_id)
+    if agg.empty:
+        return agg
     agg["cell"] = [f"{m:.1f}" + (f" ± {s:.1f}" if c > 1 else "") for m, s, c in zip(agg["mean"], agg["std"].fillna(0), agg["count"])]
     return agg.pivot(index=["task", "backbone"], columns="method", values="cell")
 
@@ -252,4 +253,5 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
         for run_id in filter(None, (stage, parent)):
             tracker.end(run_id, "FAILED")
         raise
-    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(tracker, sweep_id), counts)
+    means = {(r.task, r.backbone, r.method): float(r.mean) for r in final_accuracy(tracker, sweep_id).itertuples()}
+    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(tracker, sweep_id), counts, means)

@@ -68,10 +68,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def kf_suffix(fraction: float) -> str:
-    return f"kf_{float(fraction)!r}"
-
-
 WAIT_ENV, JOURNAL_ENV = "H2T_TRACKING_WAIT_S", "H2T_TRACKING_JOURNAL_DIR"
 
 

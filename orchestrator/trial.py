@@ -34,8 +34,8 @@ from head2toe.features import LayerFeatures, NormalizedFeatures, layer_columns
 from head2toe.methods import METHODS, EvalResult, FittedHead
 from head2toe.protocol import cv_folds
 from orchestrator.features import iter_entry, layers_read, load_train, release_train
-from orchestrator.plan import TrialSpec
-from orchestrator.tracking import kf_suffix
+from orchestrator.plan import FeatureTrial, FinalGroup, FoldTrial
+from orchestrator.record import TrialRecord, kf_suffix
 
 SCORE_BYTES = 64 << 20  # float32 bytes of one scoring sub-chunk of test rows
 SCORE_ROWS = 128  # validation rows scored at a time
@@ -57,7 +57,7 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def fit_or_explain_oom(spec: TrialSpec, train: NormalizedFeatures, num_classes: int,
+def fit_or_explain_oom(spec: FeatureTrial, train: NormalizedFeatures, num_classes: int,
                        rows: np.ndarray | None = None) -> list[FittedHead]:
     """`METHODS[spec.method].fit`, with an out-of-memory error turned into one clear line."""
     method = METHODS[spec.method]
@@ -81,16 +81,16 @@ def fit_or_explain_oom(spec: TrialSpec, train: NormalizedFeatures, num_classes: 
         ) from None
 
 
-def rows_for(spec: TrialSpec, results: list[EvalResult], wall_s: float, cv_accuracy: float | None, cache_key: str,
-             forward_passes: int = 0) -> list[dict]:
-    """One row per hp: its trial key, params, metrics and (final trials) kept indices."""
-    rows = []
+def records_for(spec: FeatureTrial, results: list[EvalResult], wall_s: float, cv_accuracy: float | None, cache_key: str,
+                forward_passes: int = 0) -> list[TrialRecord]:
+    """One record per hp: its trial key, params, metrics and (final trials) kept indices."""
+    records = []
     per_hp = wall_s / max(1, len(spec.hps))
     for hp in spec.hps:
         mine = [r for r in results if r.hp == hp]
         metrics: dict[str, float | None] = {"n_features_total": mine[0].n_features_total, "wall_time_s": per_hp,
                                             "forward_passes": forward_passes}
-        row = {"key": spec.key_for(hp), "params": spec.hp_params(hp), "cache_key": cache_key, "metrics": metrics}
+        record = TrialRecord(spec.key_for(hp), spec.hp_params(hp), metrics, cache_key)
         if spec.stage == "cv":
             metrics["val_accuracy"] = max(r.accuracy for r in mine)
             metrics["train_loss"] = min(r.train_loss for r in mine)
@@ -102,48 +102,47 @@ def rows_for(spec: TrialSpec, results: list[EvalResult], wall_s: float, cv_accur
             (r,) = mine
             metrics.update(test_accuracy=r.accuracy, cv_accuracy=cv_accuracy, n_features_kept=r.n_features_kept, train_loss=r.train_loss)
             if r.kept:
-                row["kept"] = {k: v.tolist() for k, v in r.kept.items()}
-                row["widths"] = {k: int(w) for k, w in r.widths.items()}
-        rows.append(row)
-    return rows
+                record.kept = {k: v.tolist() for k, v in r.kept.items()}
+                record.widths = {k: int(w) for k, w in r.widths.items()}
+        records.append(record)
+    return records
 
 
-def feature_trial(config: dict, trials: list[dict], cache_uri: str | None) -> None:
-    """Tune function trainable of a CV trial: one fold of the CV split, a batch of hps."""
-    use_assigned_cpus()
-    trial = trials[config["trial"]]
-    spec: TrialSpec = trial["spec"]
+def report(records: list[TrialRecord]) -> None:
+    """Hand a trial's records to the driver (as plain rows inside Tune's result)."""
+    tune.report({"rows": [r.as_row() for r in records], "accuracy": max(r.accuracy for r in records)})
+
+
+def feature_trial(trial: FoldTrial, cache_uri: str | None) -> None:
+    """A CV trial: one fold of the CV split, a batch of hps."""
+    spec = trial.spec
     method = METHODS[spec.method]
     start = time.perf_counter()
-    train = load_train(cache_uri, trial["key"], layers_read([spec.method]), trial["num_classes"])
+    train = load_train(cache_uri, trial.key, layers_read([spec.method]), trial.num_classes)
     tr_idx, va_idx = cv_folds(len(train))[spec.fold]  # the fold indexes rows of the one float32 matrix
-    heads = fit_or_explain_oom(spec, train, trial["num_classes"], rows=tr_idx)
+    heads = fit_or_explain_oom(spec, train, trial.num_classes, rows=tr_idx)
     correct = np.zeros(len(heads), dtype=np.int64)
     for a in range(0, len(va_idx), SCORE_ROWS):  # validation rows in pieces: no copy of the fold
         part = va_idx[a:a + SCORE_ROWS]
         correct += method.score(heads, train, method.matrix(train, part), rows=part)
     results = [h.result(int(c), len(va_idx)) for h, c in zip(heads, correct)]
-    rows = rows_for(spec, results, time.perf_counter() - start, None, trial["key"])
-    best = max(r["metrics"]["val_accuracy"] for r in rows)
-    tune.report({"rows": rows, "accuracy": best})
+    report(records_for(spec, results, time.perf_counter() - start, None, trial.key))
 
 
-def final_trial(config: dict, trials: list[dict], cache_uri: str | None) -> None:
-    """Tune function trainable of the final stage of one (task, backbone): every final run
-    (method x seed x target size) is fitted on the train split, then all heads are scored in
-    one pass over the test rows, counting correct predictions."""
-    use_assigned_cpus()
-    trial = trials[config["trial"]]
-    specs: list[TrialSpec] = trial["specs"]
-    nc = trial["num_classes"]
+def final_trial(trial: FinalGroup, cache_uri: str | None) -> None:
+    """The final stage of one (task, backbone): every final run (method x seed x target
+    size) is fitted on the train split, then all heads are scored in one pass over the test
+    rows, counting correct predictions."""
+    specs = trial.specs
+    nc = trial.num_classes
     start = time.perf_counter()
-    by_size: dict[int, list[TrialSpec]] = defaultdict(list)
+    by_size: dict[int, list[FeatureTrial]] = defaultdict(list)
     for s in specs:
         by_size[s.target_size].append(s)
     layers = {t: layers_read([s.method for s in group]) for t, group in by_size.items()}
     heads: dict[str, list[FittedHead]] = {}
     for t, group in sorted(by_size.items()):
-        train = load_train(cache_uri, trial["keys"][f"train/{t}"], layers[t], nc)  # one matrix per size, shared by its methods
+        train = load_train(cache_uri, trial.keys[f"train/{t}"], layers[t], nc)  # one matrix per size, shared by its methods
         for s in group:
             heads[s.name()] = fit_or_explain_oom(s, train, nc)[:1]
         del train
@@ -158,41 +157,41 @@ def final_trial(config: dict, trials: list[dict], cache_uri: str | None) -> None
             x = None if x_all is None else layer_columns(x_all, chunk.widths, method.input_layers(chunk.layer_names))
             correct[s.name()] += method.score(heads[s.name()], chunk, x)[0]
     wall = time.perf_counter() - start
-    forwards = max(seen.values()) if trial["test_features"] == "stream" else 0  # test images this trial forwarded
-    rows = []
+    forwards = max(seen.values()) if trial.test_features == "stream" else 0  # test images this trial forwarded
+    records = []
     for s in specs:
         (head,) = heads[s.name()]
         result = head.result(correct[s.name()], seen[s.target_size])
-        rows += rows_for(s, [result], wall / len(specs), trial["cv_accuracy"][s.name()], trial["keys"].get(f"test/{s.target_size}", ""),
-                         forwards)
-    tune.report({"rows": rows, "accuracy": max(r["metrics"]["test_accuracy"] for r in rows)})
+        records += records_for(s, [result], wall / len(specs), trial.cv_accuracy[s.name()], trial.keys.get(f"test/{s.target_size}", ""),
+                               forwards)
+    report(records)
 
 
-def _test_chunks(trial: dict, cache_uri: str | None, layers: dict[int, list[str] | None]) -> Iterator[tuple[int, LayerFeatures]]:
+def _test_chunks(trial: FinalGroup, cache_uri: str | None, layers: dict[int, list[str] | None]) -> Iterator[tuple[int, LayerFeatures]]:
     """(target size, chunk of test rows) in bounded pieces: each cached test entry streamed in
     order, or (`test_features: stream`) one backbone pass over the test images with every
     target size pooled per batch. Chunks are cut so one chunk's float32 matrix stays small."""
-    nc = trial["num_classes"]
-    if trial["test_features"] == "stream":
+    nc = trial.num_classes
+    if trial.test_features == "stream":
         for t, batch in _stream_test(trial, layers):
             yield t, batch
         return
     for t in sorted(layers):
-        for chunk in iter_entry(cache_uri, trial["keys"][f"test/{t}"], layers[t], nc):
+        for chunk in iter_entry(cache_uri, trial.keys[f"test/{t}"], layers[t], nc):
             step = max(1, SCORE_BYTES // (4 * max(1, chunk.n_features)))
             for a in range(0, len(chunk), step):
                 yield t, chunk.rows(slice(a, a + step))
 
 
-def _stream_test(trial: dict, layers: dict[int, list[str] | None]) -> Iterator[tuple[int, LayerFeatures]]:
+def _stream_test(trial: FinalGroup, layers: dict[int, list[str] | None]) -> Iterator[tuple[int, LayerFeatures]]:
     from head2toe.tasks import get_task
     from orchestrator.features import stream_features
 
-    spec: TrialSpec = trial["specs"][0]
+    spec = trial.specs[0]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for batch in stream_features(spec.backbone, get_task(spec.task).load("test"), layers, device):  # a composite: each member
         for t, feats in batch.items():
             feats.meta.update(task=spec.task, split="test", target_size=t)  # named by a failed check
             feats.check_finite()
-            feats.check_labels(trial["num_classes"])
+            feats.check_labels(trial.num_classes)
             yield t, feats

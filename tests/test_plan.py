@@ -25,7 +25,7 @@ from head2toe.pooling import pooled_size
 from head2toe.tasks import get_task
 from orchestrator.capacity import ASSUMPTIONS, check_fits, plan_capacity
 from orchestrator.config import Resources, SweepConfig, load_config, parse_bytes
-from orchestrator.plan import cv_specs, final_specs, image_cv_specs
+from orchestrator.plan import FeatureTrial, ImageTrial, cv_specs, final_specs, image_cv_specs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,8 +78,9 @@ def test_trial_counts_equal_orchestrator_plan(path, batch):
     cv, finals = cv_specs(cfg), final_specs(cfg, _best(cfg))
     assert plan.trials["cv"] == {"feature_trials": len(cv), "feature_runs": sum(len(s.hps) for s in cv),
                                  "image_trials": len(image_cv_specs(cfg))}
-    assert plan.trials["final"] == {"feature_trials": len({(s.task, s.backbone) for s in finals if s.hps}),  # one per task x backbone
-                                    "feature_runs": sum(1 for s in finals if s.hps), "image_trials": sum(1 for s in finals if not s.hps)}
+    assert plan.trials["final"] == {"feature_trials": len({(s.task, s.backbone) for s in finals if isinstance(s, FeatureTrial)}),  # one per task x backbone
+                                    "feature_runs": sum(1 for s in finals if isinstance(s, FeatureTrial)),
+                                    "image_trials": sum(1 for s in finals if isinstance(s, ImageTrial))}
     assert plan.trials["cv"]["feature_trials"] > 0 and plan.trials["final"]["feature_trials"] > 0
 
 

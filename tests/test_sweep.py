@@ -10,14 +10,20 @@ from collections import Counter
 
 import pytest
 
+from head2toe.errors import H2TError
+from jobs.sweep import print_expected
 from orchestrator.config import load_config
+from orchestrator.expected import parse_expected
 from orchestrator.plan import cv_specs
 from orchestrator.sweep import run_sweep
 from sweep_helpers import finished_cv_runs, runs, trial_status_counts, write_config
 
+# one rule that holds whatever the numbers, one that cannot
+EXPECTED = {"source": "a note, not a rule", "faces": {"head2toe_minus_linear_at_least": -100, "linear_at_most": -1}}
 
-def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path):
-    cfg = load_config(write_config(tmp_path / "tiny.yaml"))
+
+def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path, capsys):
+    cfg = load_config(write_config(tmp_path / "tiny.yaml", expected=EXPECTED))
     res = run_sweep(cfg, tmp_path / "out")
     all_runs = runs(res.tracking_uri)
     by_id = {r.info.run_id: r for r in all_runs}
@@ -49,6 +55,14 @@ def test_small_sweep_runs_params_nesting_and_resume(local_ray, tmp_path):
     assert all(r.data.params["keep_fraction"] in {"0.05", "0.2"} for r in finals)
     assert len({r.data.tags["h2t.trial_key"] for r in all_runs if r.data.tags["h2t.kind"] == "trial"}) == 10
     assert res.summary.shape == (1, 2)
+    capsys.readouterr()
+    assert print_expected(cfg, res) == 1
+    lines = capsys.readouterr().out.splitlines()
+    linear = res.means[("faces", "efficientnet_lite0", "linear")]
+    gap = res.means[("faces", "efficientnet_lite0", "head2toe")] - linear
+    assert 0 <= linear <= 100
+    assert lines == [f"h2t: expected faces: head2toe - linear >= -100 (efficientnet_lite0): met, measured {gap:.1f}",
+                     f"h2t: expected faces: linear <= -1 (efficientnet_lite0): MISSED, measured {linear:.1f}"]
 
     again = run_sweep(cfg, tmp_path / "out", resume=True)
     assert again.sweep_id == res.sweep_id
@@ -93,3 +107,16 @@ def test_killed_driver_then_resume_runs_every_trial_once(tmp_path):
     finished_before = before[("cv", "FINISHED")]
     assert "marked FAILED" in resumed.stdout or sum(1 for r in trials if r.info.status == "FAILED") == 0
     assert sum(1 for r in trials if r.data.tags["h2t.stage"] == "cv" and r.info.status == "FINISHED") == 20 >= finished_before
+
+
+@pytest.mark.parametrize("rules,message", [
+    ({"cifar": {"linear_at_least": 1}}, "expected.cifar: not a task of this sweep"),
+    ({"faces": {"linear_above": 1}}, "expected.faces.linear_above: a rule ends in _at_least or _at_most"),
+    ({"faces": {"finetune_minus_linear_at_least": 1}}, "'finetune' is not a method of this sweep; choose from linear, head2toe"),
+    ({"faces": {"linear_at_least": "high"}}, "the bound is accuracy points, a number; got 'high'"),
+    ({"faces": 15}, "expected.faces: give rules such as"),
+])
+def test_bad_expected_rules_are_one_line_before_compute(rules, message):
+    with pytest.raises(H2TError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_expected(rules, ["faces"], ["linear", "head2toe"])
+    assert parse_expected({"source": "paper", **{"faces": {"head2toe_minus_linear_at_least": 15}}}, ["faces"], ["linear", "head2toe"])

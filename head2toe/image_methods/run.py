@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -26,10 +27,10 @@ from head2toe.image_methods.models import KeptFeaturesNet, PreLogitsNet
 from head2toe.image_methods.trainer import Checkpointer, OnCheckpoint, predict, train
 from head2toe.preprocess import batches
 from head2toe.probe import ProbeConfig, train_probes
-from head2toe.protocol import choose_best, cv_folds
+from head2toe.protocol import N_FOLDS, choose_best, cv_folds
 from head2toe.provider import FeatureProvider
 from head2toe.selection import select_features
-from head2toe.tasks import Task, get_task
+from head2toe.tasks import ImageSplit, Task, get_task
 
 # The reference recipe sets bn="train" for all three (its unfrozen backbone runs with training=True).
 BN_DEFAULT = {"finetune": "train", "scratch": "train", "head2toe_ft": "frozen"}
@@ -74,6 +75,73 @@ def select_kept(task: Task, provider: FeatureProvider, rows: np.ndarray, hp: Ima
     return select_features(probe.feature_scores(), feats.widths, hp.keep_fraction), feats.widths
 
 
+@dataclass
+class _Rows:
+    """Where a trial trains and what it is scored on."""
+
+    split: str  # the task split the training rows come from
+    train: ImageSplit
+    rows: np.ndarray  # training rows of `train`
+    eval_images: object
+    eval_labels: np.ndarray
+
+
+@dataclass
+class _Net:
+    """The network to train, with head2toe_ft's selection (stored in every checkpoint)."""
+
+    net: torch.nn.Module
+    n_features_total: int
+    extra: dict = field(default_factory=dict)
+    kept: dict[str, np.ndarray] | None = None
+    widths: dict[str, int] | None = None
+    extraction_passes: int = 0
+
+
+def _rows(task: Task, fold: int | None) -> _Rows:
+    """fold None: all training rows, scored on test; fold k: CV fold k of the task's cv_split."""
+    if fold is None:
+        train_split, test = task.load("train"), task.load("test")
+        return _Rows("train", train_split, np.arange(len(train_split)), test.images, np.asarray(test.labels))
+    if not 0 <= fold < N_FOLDS:
+        raise H2TError(f"fold must be 0..{N_FOLDS - 1}, got {fold!r}")
+    train_split = task.load(task.cv_split)
+    rows, val = cv_folds(len(train_split))[fold]
+    return _Rows(task.cv_split, train_split, rows, _take(train_split.images, val), np.asarray(train_split.labels[val]))
+
+
+def _backbone(method: str, name: str, weights: str, input_size: int | None, checkpoint: str | None, seed: int,
+              device: torch.device) -> Backbone:
+    """The backbone to train: scratch always starts from a random init seeded by `seed`."""
+    backbone = create_backbone(name, weights=weights, input_size=input_size, checkpoint=checkpoint, device=device)
+    if method == "scratch":
+        _reinit(backbone, seed)
+    return backbone
+
+
+def _network(method: str, backbone: Backbone, task: Task, hp: ImageHParams, cfg: TrainConfig, seed: int, device: torch.device,
+             data: _Rows, state: dict | None, provider: FeatureProvider | None) -> _Net:
+    """head2toe_ft: the backbone with a head on the features Head2Toe keeps (selected on the
+    training rows' cached features, or restored from the checkpoint); else a pre-logits head."""
+    if method != "head2toe_ft":
+        net = PreLogitsNet(backbone, task.num_classes, cfg.head_init, seed)
+        return _Net(net, net.n_features)
+    passes = 0
+    if state is not None:
+        kept = {k: v.numpy() for k, v in state["extra"]["kept"].items()}
+        widths = dict(state["extra"]["widths"])
+    else:
+        provider = provider or FeatureProvider(copy.deepcopy(backbone), progress=False)
+        if provider.backbone.identity() != backbone.identity():
+            raise H2TError(f"provider features come from {provider.backbone.identity()}, not {backbone.identity()}")
+        before = provider.forward_passes
+        kept, widths = select_kept(task, provider, data.rows, hp, cfg, seed, device, data.split)
+        passes = provider.forward_passes - before
+    extra = {"kept": {k: torch.as_tensor(v, dtype=torch.long) for k, v in kept.items()}, "widths": widths}
+    net = KeptFeaturesNet(backbone, kept, hp.target_size, task.num_classes, cfg.head_init, seed)
+    return _Net(net, int(sum(widths.values())), extra, kept, widths, passes)
+
+
 def run_image_method(
     task: Task | str,
     backbone_name: str,
@@ -110,64 +178,35 @@ def run_image_method(
     task = get_task(task) if isinstance(task, str) else task
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     weights = "random" if method == "scratch" else weights
-    backbone = create_backbone(backbone_name, weights=weights, input_size=input_size, checkpoint=checkpoint, device=device)
-    if method == "scratch":
-        _reinit(backbone, seed)
+    backbone = _backbone(method, backbone_name, weights, input_size, checkpoint, seed, device)
     policy = check_policy(cfg.augment or policy_for(task.name))
     bn_mode = cfg.bn or BN_DEFAULT[method]
-
-    split = "train" if fold is None else task.cv_split  # CV folds come from the task's cv_split
-    train_split = task.load(split)
-    if fold is None:
-        rows = np.arange(len(train_split))
-        eval_images, eval_labels = task.load("test").images, task.load("test").labels
-    else:
-        if not 0 <= fold < 5:
-            raise H2TError(f"fold must be 0..4, got {fold!r}")
-        rows, val = cv_folds(len(train_split))[fold]
-        eval_images, eval_labels = _take(train_split.images, val), train_split.labels[val]
+    data = _rows(task, fold)
 
     identity = {"task": task.definition(), "backbone": backbone.identity(), "method": method, "hp": hp.as_dict(),
                 "seed": seed, "fold": fold, "config": cfg.as_dict(), "bn": bn_mode, "augment": policy}
     ckpt = Checkpointer(checkpoint_dir, identity, cfg.checkpoint_every, on_checkpoint) if checkpoint_dir else None
     state = ckpt.load() if ckpt is not None else None
-    extraction_passes, extra = 0, {}
-    if method == "head2toe_ft":
-        if state is not None:
-            kept = {k: v.numpy() for k, v in state["extra"]["kept"].items()}
-            widths = dict(state["extra"]["widths"])
-        else:
-            provider = provider or FeatureProvider(copy.deepcopy(backbone), progress=False)
-            if provider.backbone.identity() != backbone.identity():
-                raise H2TError(f"provider features come from {provider.backbone.identity()}, not {backbone.identity()}")
-            before = provider.forward_passes
-            kept, widths = select_kept(task, provider, rows, hp, cfg, seed, device, split)
-            extraction_passes = provider.forward_passes - before
-        extra = {"kept": {k: torch.as_tensor(v, dtype=torch.long) for k, v in kept.items()}, "widths": widths}
-        net = KeptFeaturesNet(backbone, kept, hp.target_size, task.num_classes, cfg.head_init, seed)
-        n_total = int(sum(widths.values()))
-    else:
-        net = PreLogitsNet(backbone, task.num_classes, cfg.head_init, seed)
-        n_total = net.n_features
-    net.to(device).requires_grad_(True)
+    model = _network(method, backbone, task, hp, cfg, seed, device, data, state, provider)
+    net = model.net.to(device).requires_grad_(True)
     if device.type == "cuda":
         net.to(memory_format=torch.channels_last)
 
-    images = to_uint8(_take(train_split.images, rows), backbone.input_size).to(device)
-    labels = torch.as_tensor(train_split.labels[rows], device=device)
+    images = to_uint8(_take(data.train.images, data.rows), backbone.input_size).to(device)
+    labels = torch.as_tensor(data.train.labels[data.rows], device=device)
     outcome = train(net, images, labels, hp.lr, hp.steps, seed, cfg, bn_mode, policy, backbone.spec.mean,
-                    backbone.spec.std, checkpointer=ckpt, resume=state, extra=extra)
-    acc = _accuracy(net, eval_images, np.asarray(eval_labels), backbone, cfg, device)
+                    backbone.spec.std, checkpointer=ckpt, resume=state, extra=model.extra)
+    acc = _accuracy(net, data.eval_images, data.eval_labels, backbone, cfg, device)
     out = {"task": task.name, "backbone": backbone.name, "method": method, "seed": seed, "fold": fold, **hp.as_dict(),
            "test_accuracy" if fold is None else "val_accuracy": acc,
-           "n_features_total": n_total, "n_features_kept": net.n_features, "train_loss": outcome.train_loss,
+           "n_features_total": model.n_features_total, "n_features_kept": net.n_features, "train_loss": outcome.train_loss,
            "wall_time_s": round(time.perf_counter() - start_time, 3),
-           "forward_passes": extraction_passes + outcome.images_forwarded + len(eval_labels),
+           "forward_passes": model.extraction_passes + outcome.images_forwarded + len(data.eval_labels),
            "start_step": outcome.start_step, "weights": weights, "input_size": backbone.input_size,
            "bn": bn_mode, "augment": policy, "device": str(device)}
-    if method == "head2toe_ft":
-        out["kept"] = {k: v.tolist() for k, v in kept.items() if len(v)}
-        out["widths"] = widths
+    if model.kept is not None:
+        out["kept"] = {k: v.tolist() for k, v in model.kept.items() if len(v)}
+        out["widths"] = model.widths
     return out
 
 
