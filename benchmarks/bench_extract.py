@@ -1,22 +1,24 @@
-"""Extraction throughput on CPU, lever by lever: img/s of EfficientNet-Lite0 at 224 px (the
-demo's backbone, pretrained), every tap pooled to target size 512 and cast to float16, as
-`head2toe.extract.iter_features` does, and each lever's ratio to the baseline measured in
-the same round (the machine is shared: compare ratios, not absolute rates).
+"""Extraction throughput on CPU, lever by lever: EfficientNet-Lite0 at 224 px (the demo's
+backbone, pretrained) over the demo's 64 px images, every tap pooled to target size 512 and
+cast to float16 as `head2toe.extract.iter_features` does. Each lever's rate is divided by
+the baseline's from the same round; the machine is shared, so compare ratios, and prefer
+img per CPU-second (the work done) to img/s (which also counts waiting for a core).
 
     cd REPO && PYTHONPATH=$PWD H2T_NO_REEXEC=1 .venv/bin/python -m head2toe.allocator -- \\
-        .venv/bin/python benchmarks/bench_extract.py [--images 96] [--rounds 3] [--compile]
+        .venv/bin/python benchmarks/bench_extract.py [--images 96] [--rounds 3] [--worker-rounds 1] [--compile]
 
 Sections:
-  per process (1 thread, as a 1-CPU Ray worker): baseline = contiguous NCHW, batch 32,
-    inference_mode, fp32 (the path before this benchmark); channels_last; no_grad instead of
-    inference_mode; batch 16/64/128; bf16 autocast; where the time goes (decode+resize+
-    normalise, forward, pooling).
+  per process, 1 thread (as in a 1-CPU Ray worker): baseline = contiguous NCHW, batch 32,
+    inference_mode, fp32, every tap held until the forward ends (the path before this
+    benchmark); no_grad instead of inference_mode; channels_last; pooling inside the tap
+    hooks (the library path now); batch 16/48/96; bf16 autocast; where the time goes
+    (decode+resize+normalise / forward / pooling).
   workers x threads on 2 cores: 1 process x 2 threads vs 2 processes x 1 thread.
-  torch.compile (--compile): compile seconds, steady img/s, images needed to earn it back.
-  fidelity: per lever, || u - u_base || of the unit-normalised pooled features u of each
-    example and tap vs the baseline: worst tap's max over examples, and the median tap's.
-  per Ray task: create_backbone + feature_info (what a task pays before its first image,
-    unless the worker keeps its backbone).
+  torch.compile (--compile, ~3 min): compile seconds, steady img/s, images to earn it back.
+  fidelity: per lever, ||u - u_base|| of the unit-normalised pooled features u of each
+    example and tap vs the baseline: the worst tap's max over examples, the median tap's.
+  per Ray task: create_backbone + feature_info (what a task pays before its first image
+    unless its worker kept the backbone).
 """
 from __future__ import annotations
 
@@ -123,7 +125,7 @@ LEVERS = {
     "pool in the tap hooks (NCHW)": {"library": True, "channels_last": False},
     "library: channels_last + pool in hooks, bs32": {"library": True},
     "library, bs16": {"library": True, "batch_size": 16},
-    "library, bs64": {"library": True, "batch_size": 64},
+    "library, bs48": {"library": True, "batch_size": 48},
     "library, bs96": {"library": True, "batch_size": 96},
     "bf16 autocast (NCHW)": {"precision": "bf16"},
     "library, bf16 autocast": {"library": True, "precision": "bf16"},
@@ -219,6 +221,29 @@ def compiled(images: np.ndarray) -> None:
           f"max rel err {max(rel_errors(ref, f).values()):.1e}")
 
 
+def _peak_rss(args) -> float:
+    images, library, batch_size = args
+    import resource
+
+    torch.set_num_threads(1)
+    backbone = create_backbone("efficientnet_lite0")
+    (library_pass if library else one_pass)(backbone, images, batch_size=batch_size, channels_last=True)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
+
+
+def peak_memory(images: np.ndarray, batch_sizes=(32, 96)) -> None:
+    """Peak RSS of a fresh process running one pass: every tap held until the forward ends vs
+    pooled inside the hooks (both channels_last)."""
+    ctx = mp.get_context("spawn")
+    print("\npeak RSS of one pass in a fresh process (channels_last, 1 thread)")
+    for bs in batch_sizes:
+        with ctx.Pool(1) as pool:
+            held = pool.map(_peak_rss, [(images[:bs], False, bs)])[0]
+        with ctx.Pool(1) as pool:
+            hooked = pool.map(_peak_rss, [(images[:bs], True, bs)])[0]
+        print(f"  batch {bs:3d}: taps held {held:6.0f} MiB, pooled in hooks {hooked:6.0f} MiB")
+
+
 def task_overhead() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -233,6 +258,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=96)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--worker-rounds", type=int, default=1, help="rounds of the workers x threads section (each spawns processes)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (~3 min of compiling on 1 core)")
     args = p.parse_args()
     print(f"torch {torch.__version__}, allocator {os.environ.get('H2T_ALLOCATOR', 'default')}, "
@@ -240,7 +266,8 @@ def main() -> None:
     images = demo_images(args.images)
     task_overhead()
     per_process(images, args.rounds)
-    workers_vs_threads(images, args.rounds)
+    workers_vs_threads(images, args.worker_rounds)
+    peak_memory(images)
     if args.compile:
         compiled(images)
 
