@@ -223,12 +223,12 @@ def compiled(images: np.ndarray) -> None:
 
 def _peak_rss(args) -> float:
     images, library, batch_size = args
-    import resource
-
     torch.set_num_threads(1)
     backbone = create_backbone("efficientnet_lite0")
     (library_pass if library else one_pass)(backbone, images, batch_size=batch_size, channels_last=True)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a spawned child would report its parent's peak
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+    return int(hwm.split()[1]) / 1024  # MiB
 
 
 def peak_memory(images: np.ndarray, batch_sizes=(32, 96)) -> None:
