@@ -6,6 +6,7 @@ img per CPU-second (the work done) to img/s (which also counts waiting for a cor
 
     cd REPO && PYTHONPATH=$PWD H2T_NO_REEXEC=1 .venv/bin/python -m head2toe.allocator -- \\
         .venv/bin/python benchmarks/bench_extract.py [--images 96] [--rounds 3] [--worker-rounds 1] [--compile]
+    ... benchmarks/bench_extract.py --stage configs/demo.yaml   # the sweep's extraction stage alone
 
 Sections:
   per process, 1 thread (as in a 1-CPU Ray worker): baseline = contiguous NCHW, batch 32,
@@ -254,13 +255,39 @@ def task_overhead() -> None:
     print(f"\nper Ray task without a kept backbone: create_backbone {t1 - t0:.2f} s + feature_info {t2 - t1:.2f} s")
 
 
+def stage(config: str) -> None:
+    """A sweep's extraction stage alone (Ray tasks, as `h2t sweep` runs it) into a fresh
+    temporary cache: wall seconds and CPU seconds of this process and its Ray processes."""
+    import tempfile
+
+    import psutil
+    import ray
+
+    from orchestrator.config import load_config
+    from orchestrator.extraction import extract_for_sweep
+
+    with tempfile.TemporaryDirectory() as cache:
+        cfg = load_config(config, cache=cache)
+        t0 = time.perf_counter()
+        summary = extract_for_sweep(cfg, report=lambda _: None)
+        wall = time.perf_counter() - t0
+        me = psutil.Process()
+        cpu = sum(sum(c.cpu_times()[:2]) for c in me.children(recursive=True) if c.is_running()) + sum(me.cpu_times()[:2])
+        ray.shutdown()
+    print(f"extraction stage of {config}: {wall:.1f} s wall (with ray.init), {cpu:.1f} CPU s (driver + live Ray "
+          f"processes), {summary.forward_passes} images in {summary.launched} Ray tasks, load {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=96)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--worker-rounds", type=int, default=1, help="rounds of the workers x threads section (each spawns processes)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (~3 min of compiling on 1 core)")
+    p.add_argument("--stage", metavar="CONFIG", help="only time CONFIG's extraction stage (e.g. configs/demo.yaml)")
     args = p.parse_args()
+    if args.stage:
+        return stage(args.stage)
     print(f"torch {torch.__version__}, allocator {os.environ.get('H2T_ALLOCATOR', 'default')}, "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     images = demo_images(args.images)
