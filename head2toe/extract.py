@@ -29,7 +29,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def default_precision(device: torch.device) -> str:
     """bf16 on CUDA (the norm there); fp32 on CPU: bf16 autocast runs EfficientNet-Lite0
-    1.4-1.8x faster on an avx512_bf16 CPU but moves its unit-normalised pooled features by
+    only 1.05-1.2x faster on this avx512_bf16 CPU but moves its unit-normalised pooled features by
     up to ~9 % (benchmarks/bench_extract.py), not shown harmless to the probes."""
     return "bf16" if device.type == "cuda" else "fp32"
 
