@@ -349,9 +349,13 @@ class Backbone:
         return {"backbone": self.name, "timm_id": self.spec.timm_id, "weights": self.weights,
                 "weights_digest": self.weights_digest, "taps": self.tap_set or self.spec.default_taps, **self.preprocessing}
 
-    def forward_taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations of every tap for a preprocessed batch, from one forward pass."""
-        captured: dict[str, torch.Tensor] = {}
+    def forward_taps(self, x: torch.Tensor, reduce: Callable[[str, torch.Tensor], object] | None = None) -> dict:
+        """Activations of every tap for a preprocessed batch, from one forward pass. With
+        `reduce`, each activation goes through `reduce(tap, activation)` as soon as it is
+        computed and only the result is kept: peak memory is then the forward's own, not every
+        tap's activation at once (26 MiB per image for EfficientNet-Lite0 at 224 px)."""
+        captured: dict[str, object] = {}
+        reduce = reduce or (lambda _name, value: value)
         modules = dict(self.model.named_modules())
         handles = []
         for name, tap in self.taps.items():
@@ -360,7 +364,7 @@ class Backbone:
 
             def keep(value, name=name, tap=tap):
                 value = value[0] if isinstance(value, (tuple, list)) else value
-                captured[name] = tap.pick(self.model, value) if tap.pick else value
+                captured[name] = reduce(name, tap.pick(self.model, value) if tap.pick else value)
 
             if tap.on_input:
                 handles.append(modules[tap.module].register_forward_pre_hook(lambda _m, inp, keep=keep: keep(inp)))
@@ -369,8 +373,8 @@ class Backbone:
         try:
             feats = self.model.forward_features(x)
             pre = self.model.forward_head(feats, pre_logits=True)
-            captured[PRE_LOGITS] = pre
-            captured[LOGITS] = self.model.get_classifier()(pre)
+            logits = self.model.get_classifier()(pre)
+            captured[PRE_LOGITS], captured[LOGITS] = reduce(PRE_LOGITS, pre), reduce(LOGITS, logits)
         finally:
             for h in handles:
                 h.remove()

@@ -14,6 +14,7 @@ never in head2toe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import ray
@@ -70,6 +71,7 @@ def run_extraction(jobs: list[ExtractionJob], cache_uri: str | None, dtype: str 
     cache = open_cache(cache_uri, dtype)
     summary = ExtractionSummary()
     todo: list[ExtractionJob] = []
+    split_rows: dict[tuple[str, str, BackboneConfig], int] = {}
     publish: dict[tuple[str, str, BackboneConfig], tuple[int, list[str]]] = {}  # split -> (part count, keys)
     backbones = {}
     for job in jobs:
@@ -82,6 +84,7 @@ def run_extraction(jobs: list[ExtractionJob], cache_uri: str | None, dtype: str 
         if not missing:
             continue
         sizes = tuple(i.target_size for i in missing)
+        split_rows[(job.task, job.split, bb)] = missing[0].rows
         ranges = shard_ranges(missing[0].rows, sum(i.bytes for i in missing), shard_bytes, bb.batch_size)
         if len(ranges) == 1:
             todo.append(ExtractionJob(job.task, job.split, bb, sizes))
@@ -97,6 +100,8 @@ def run_extraction(jobs: list[ExtractionJob], cache_uri: str | None, dtype: str 
     if not ray.is_initialized():
         ray.init(address=address, runtime_env={"env_vars": allocator_env()}, configure_logging=False)
     remote = ray.remote(_extract_job).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+    # largest first (rows to forward), so no long split starts last while the other workers idle
+    todo.sort(key=lambda j: j.part[3] - j.part[2] if j.part else split_rows[(j.task, j.split, j.backbone)], reverse=True)
     pending = {remote.remote(job, cache.uri, dtype, row_group_bytes): job for job in todo}
     summary.launched = len(pending)
     left = {split: n for split, (n, _) in publish.items()}
@@ -126,6 +131,14 @@ def run_extraction(jobs: list[ExtractionJob], cache_uri: str | None, dtype: str 
     return summary
 
 
+@lru_cache(maxsize=1)
+def _worker_backbone(bb: BackboneConfig, device: str):
+    """The worker keeps its last backbone: Ray reuses a worker for the next extraction task,
+    which then skips building the model, loading its weights and the shape probe (2-9 s of
+    a 1-CPU worker, benchmarks/bench_extract.py). Memory: one frozen backbone per worker."""
+    return create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint, device=device)
+
+
 def _extract_job(job: ExtractionJob, cache_uri: str, dtype: str, row_group_bytes: int | None) -> int:
     """Runs in a Ray worker: the backbone on this worker's device, one pass over the job's rows,
     every missing target size streamed into the cache (a part's valid file is kept)."""
@@ -133,8 +146,7 @@ def _extract_job(job: ExtractionJob, cache_uri: str, dtype: str, row_group_bytes
 
     bb = job.backbone
     task = get_task(job.task)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint, device=device)
+    backbone = _worker_backbone(bb, "cuda" if torch.cuda.is_available() else "cpu")
     cache = open_cache(cache_uri, dtype, row_group_bytes=row_group_bytes)
     sizes = list(job.target_sizes)
     if job.part is not None:  # a retried or rerun shard keeps the target sizes it already wrote

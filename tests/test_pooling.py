@@ -71,3 +71,49 @@ def test_pool_size_zero_falls_back_to_a_global_average_as_the_reference():
     assert pooled_size((10, 64), 8192, "clamp") == 640
     with pytest.raises(ValueError, match="edge must be one of"):
         pool_to_target(x, 8, edge="nope")
+
+
+def _held_then_pooled(backbone, x, t):
+    """The extraction loop before pooling moved into the tap hooks: every tap's activation
+    held until the forward ends, then pooled."""
+    with torch.inference_mode():
+        return {k: pool_to_target(v.float(), t).to(torch.float16).numpy() for k, v in backbone.forward_taps(x).items()}
+
+
+def test_pooling_inside_the_tap_hooks_gives_the_same_features(lite0_64):
+    import numpy as np
+
+    from head2toe.extract import extract_features, prepare_for_inference
+    from head2toe.preprocess import to_input
+    from head2toe.tasks.base import ImageSplit
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 40, 40, 3), dtype=np.uint8)
+    data = ImageSplit(images, np.arange(6))
+    spec = lite0_64.spec
+    x = to_input(images, lite0_64.input_size, spec.mean, spec.std)
+    try:
+        prepare_for_inference(lite0_64, channels_last=False)
+        want = _held_then_pooled(lite0_64, x, 128)
+        got = extract_features(lite0_64, data, [128], batch_size=4, progress=False, channels_last=False)[128]
+        assert list(got.layers) == list(want) and len(want) == 51
+        for k in want:  # same arithmetic, same order: bit for bit
+            assert np.array_equal(got.layers[k], want[k]), k
+        # channels_last changes only the order of float sums inside the convolutions
+        fast = extract_features(lite0_64, data, [128], batch_size=4, progress=False, channels_last=True)[128]
+        for k in want:
+            a, b = want[k].astype(np.float32), fast.layers[k].astype(np.float32)
+            assert np.allclose(a, b, rtol=2e-2, atol=2e-2 * max(float(np.abs(a).max()), 1e-3)), k
+    finally:
+        prepare_for_inference(lite0_64, channels_last=True)
+
+
+def test_a_bad_precision_is_refused_before_any_forward(lite0_64):
+    import numpy as np
+
+    from head2toe.extract import iter_features
+    from head2toe.tasks.base import ImageSplit
+
+    data = ImageSplit(np.zeros((2, 8, 8, 3), dtype=np.uint8), np.zeros(2))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        next(iter_features(lite0_64, data, [64], precision="fp8"))
