@@ -19,6 +19,8 @@ from head2toe.cache import file_bytes, human_bytes, layer_widths
 from head2toe.cache.format import ROW_GROUP_BYTES
 from head2toe.errors import H2TError
 from head2toe.methods import METHODS
+from head2toe.protocol import cv_folds
+from head2toe.tasks import get_task
 from orchestrator.config import BackboneConfig, Resources, SweepConfig
 from orchestrator.plan import cv_specs, extraction_needs, image_cv_specs
 
@@ -104,13 +106,11 @@ def backbone_shape(bb: BackboneConfig, target_sizes: list[int]) -> BackboneShape
     forward's saved activations are the bytes autograd's saved-tensor hooks see for a batch of 2."""
     import torch
 
-    from head2toe.backbones import create_backbone
-
     try:
         with torch.device("meta"):
-            b = create_backbone(bb.name, weights="random", input_size=bb.input_size, device="meta")
+            b = bb.create(weights="random", checkpoint=None, device="meta")
     except (RuntimeError, NotImplementedError):
-        b = create_backbone(bb.name, weights="random", input_size=bb.input_size)
+        b = bb.create(weights="random", checkpoint=None)
     info = b.feature_info()
     widths = {t: layer_widths(b, t) for t in target_sizes}
     device = next(b.model.parameters()).device
@@ -277,8 +277,6 @@ class _Planner:
     """Shapes, split sizes and resources of one config, and the per-process arithmetic on them."""
 
     def __init__(self, cfg: SweepConfig, a: Assumptions):
-        from head2toe.tasks import get_task
-
         self.cfg, self.a = cfg, a
         self.needs = extraction_needs(cfg)
         self.sizes = self.needs[0][2] if self.needs else []
@@ -297,8 +295,6 @@ class _Planner:
 
     def probe(self, stage: str, task: str, bb: BackboneConfig, method: str, size: int, heads: int, steps: int,
               keep_fractions: tuple[float, ...], held: int = 0) -> ProbeTrial:
-        from head2toe.protocol import cv_folds
-
         rows, classes = self.rows[task]["train"], self.tasks[task].num_classes
         feats = (self.shapes[bb].pre_logits if METHODS[method].layers == "pre_logits" else self.shapes[bb].widths)[size]
         test_group = min(ROW_GROUP_BYTES, file_bytes(self.rows[task]["test"], feats, CACHE_DTYPE)) if stage == "final" else 0
