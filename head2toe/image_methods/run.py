@@ -20,13 +20,13 @@ import torch
 
 from head2toe.backbones import Backbone, create_backbone
 from head2toe.errors import H2TError
-from head2toe.image_methods.config import METHOD_NAMES, ImageHParams, TrainConfig
+from head2toe.image_methods.config import IMAGE_METHODS, ImageHParams, TrainConfig
 from head2toe.image_methods.data import check_policy, policy_for, to_uint8
 from head2toe.image_methods.models import KeptFeaturesNet, PreLogitsNet
 from head2toe.image_methods.trainer import Checkpointer, OnCheckpoint, predict, train
 from head2toe.preprocess import batches
 from head2toe.probe import ProbeConfig, train_probes
-from head2toe.protocol import choose_best, cv_folds
+from head2toe.protocol import FOLDS, check_fold, choose_best, cv_folds
 from head2toe.provider import FeatureProvider
 from head2toe.selection import select_features
 from head2toe.tasks import Task, get_task
@@ -102,8 +102,7 @@ def run_image_method(
     `provider` (head2toe_ft) supplies cached features of the same pretrained backbone.
     """
     start_time = time.perf_counter()
-    if method not in METHOD_NAMES:
-        raise H2TError(f"unknown image method {method!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    method = IMAGE_METHODS[method].name  # an unknown name is refused here
     hp = ImageHParams.from_any(hp)
     hp.check_for(method)
     cfg = config or TrainConfig()
@@ -122,8 +121,7 @@ def run_image_method(
         rows = np.arange(len(train_split))
         eval_images, eval_labels = task.load("test").images, task.load("test").labels
     else:
-        if not 0 <= fold < 5:
-            raise H2TError(f"fold must be 0..4, got {fold!r}")
+        check_fold(fold)
         rows, val = cv_folds(len(train_split))[fold]
         eval_images, eval_labels = _take(train_split.images, val), train_split.labels[val]
 
@@ -188,7 +186,7 @@ def run_image_protocol(task: Task | str, backbone_name: str, method: str, grid: 
     (one feature provider serves every head2toe_ft selection, so extraction happens once);
     a `checkpoint_dir` gets one sub-folder per trial."""
     start = time.perf_counter()
-    folds = [fold] if fold is not None else (range(5) if len(grid) > 1 else [])
+    folds = [fold] if fold is not None else (FOLDS if len(grid) > 1 else [])
     root = kwargs.pop("checkpoint_dir", None)
 
     def trial_dir(hp: ImageHParams, k: int | None) -> Path | None:
