@@ -6,10 +6,9 @@ own deterministic trial key, which is what MLflow records and what resume skips.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field, replace
 
+from head2toe.hashing import short_hash
 from head2toe.methods import METHODS, HParams
 from orchestrator.config import BackboneConfig, SweepConfig
 
@@ -37,7 +36,7 @@ class TrialSpec:
             "seed": self.seed, "fold": FINAL_FOLD if self.fold is None else self.fold,
             "hp": asdict(hp) if hp is not None else dict(self.image_hp),
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return short_hash(body, 20)
 
     def keys(self) -> list[str]:
         return [key for key, _ in self.runs()]
