@@ -20,7 +20,6 @@ import ray
 from tqdm.auto import tqdm
 
 from head2toe.allocator import allocator_env
-from head2toe.backbones import create_backbone
 from head2toe.cache import CacheItem, check_room, feature_key, fill_split, open_cache, plan_split, shard_ranges
 from head2toe.tasks import get_task
 from orchestrator.config import BackboneConfig, SweepConfig
@@ -75,7 +74,7 @@ def run_extraction(jobs: list[ExtractionJob], cache_uri: str | None, dtype: str 
     for job in jobs:
         bb = job.backbone
         if bb not in backbones:
-            backbones[bb] = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint)
+            backbones[bb] = bb.create()
         items = plan_split(cache, backbones[bb], get_task(job.task), job.split, list(job.target_sizes), verify_data=verify_data)
         summary.items += items
         missing = [i for i in items if not i.cached]
@@ -134,7 +133,7 @@ def _extract_job(job: ExtractionJob, cache_uri: str, dtype: str, row_group_bytes
     bb = job.backbone
     task = get_task(job.task)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint, device=device)
+    backbone = bb.create(device=device)
     cache = open_cache(cache_uri, dtype, row_group_bytes=row_group_bytes)
     sizes = list(job.target_sizes)
     if job.part is not None:  # a retried or rerun shard keeps the target sizes it already wrote
