@@ -26,7 +26,8 @@ from head2toe.registry import Registry, check_choice
 
 PRE_LOGITS, LOGITS = "pre_logits", "logits"
 COMPOSITE_SEP, QUALIFIER = "+", "/"  # "efficientnet_lite0+efficientnet_lite2", "efficientnet_lite0/blocks.3.0"
-WEIGHTS = ("pretrained", "random")  # ImageNet weights (never downloaded) or a seeded random init
+PRETRAINED, RANDOM = "pretrained", "random"  # ImageNet weights (never downloaded) or a seeded random init
+WEIGHTS = (PRETRAINED, RANDOM)
 TAP_SETS = ("reference", "activations")
 
 
@@ -395,7 +396,7 @@ class Backbone:
 
 def create_backbone(
     name: str,
-    weights: str = "pretrained",
+    weights: str = PRETRAINED,
     input_size: int | None = None,
     checkpoint: str | None = None,
     device: torch.device | str = "cpu",
@@ -415,7 +416,7 @@ def create_backbone(
     kwargs = {"img_size": size} if "vit" in spec.timm_id or "deit" in spec.timm_id else {}
     torch.manual_seed(0)
     model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
-    if weights == "random":
+    if weights == RANDOM:
         digest = "random-init-seed0"
     elif spec.load_weights is not None:
         digest = spec.load_weights(model, spec.timm_id, checkpoint)

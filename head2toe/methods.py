@@ -183,6 +183,11 @@ for _m in [
     METHODS.register(_m.name, _m)
 
 
+def selecting_methods() -> list[str]:
+    """The feature methods that select features, so take keep fractions."""
+    return [n for n, m in METHODS.items() if m.needs_keep_fractions]
+
+
 def method_names() -> list[str]:
     """Every method, feature methods first (what `--method` and a config's `methods:` accept)."""
     return [*METHODS, *IMAGE_METHODS]

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from head2toe.backbones import WEIGHTS, Backbone, create_backbone
+from head2toe.backbones import PRETRAINED, WEIGHTS, Backbone, create_backbone
 from head2toe.cache import FeatureCache
 from head2toe.limits import BATCH, COEF, INPUT_SIZE, KEEP_FRACTION, LR, SEED, STEPS, TARGET_SIZE, Rule
 from head2toe.provider import FeatureProvider
@@ -22,7 +22,7 @@ def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     """Backbone and feature-cache flags; `many` lets --backbone take several names."""
     p.add_argument("--backbone", default=["efficientnet_lite0"] if many else "efficientnet_lite0", nargs="+" if many else None,
                    help="registry name (h2t backbones) or a timm model name")
-    p.add_argument("--weights", default=WEIGHTS[0], choices=WEIGHTS)
+    p.add_argument("--weights", default=PRETRAINED, choices=WEIGHTS)
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for timm backbones")
     p.add_argument("--input-size", type=checked(int, "--input-size", INPUT_SIZE), default=None,
                    help="override the backbone's input size (px)")

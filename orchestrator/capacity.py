@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from head2toe.backbones import RANDOM
 from head2toe.cache import file_bytes, human_bytes, layer_widths
 from head2toe.cache.format import ROW_GROUP_BYTES
 from head2toe.errors import H2TError
@@ -108,9 +109,9 @@ def backbone_shape(bb: BackboneConfig, target_sizes: list[int]) -> BackboneShape
 
     try:
         with torch.device("meta"):
-            b = bb.create(weights="random", checkpoint=None, device="meta")
+            b = bb.create(weights=RANDOM, checkpoint=None, device="meta")
     except (RuntimeError, NotImplementedError):
-        b = bb.create(weights="random", checkpoint=None)
+        b = bb.create(weights=RANDOM, checkpoint=None)
     info = b.feature_info()
     widths = {t: layer_widths(b, t) for t in target_sizes}
     device = next(b.model.parameters()).device

@@ -13,12 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from head2toe.backbones import COMPOSITE_SEP, WEIGHTS, Backbone, check_backbone, composite_members, create_backbone, get_spec
+from head2toe.backbones import COMPOSITE_SEP, PRETRAINED, WEIGHTS, Backbone, check_backbone, composite_members, create_backbone, get_spec
 from head2toe.errors import H2TError
 from head2toe.hashing import short_hash
 from head2toe.image_methods import TrainConfig, expand_image_grid
 from head2toe.limits import COEF, KEEP_FRACTION, LR, SEED, STEPS, TARGET_SIZE, Rule
-from head2toe.methods import METHODS, FeatureMethod, HParams, get_method, is_image_method
+from head2toe.methods import METHODS, FeatureMethod, HParams, get_method, is_image_method, selecting_methods
 from head2toe.protocol import FOLDS, check_fold, expand_grid
 from head2toe.registry import check_choice
 from head2toe.tasks import check_task
@@ -30,7 +30,7 @@ class _Strict(BaseModel):
 
 class BackboneConfig(_Strict):
     name: str
-    weights: str = "pretrained"
+    weights: str = PRETRAINED
     input_size: int | None = Field(default=None, gt=0)
     checkpoint: str | None = None
     batch_size: int = Field(default=32, gt=0)
@@ -196,8 +196,7 @@ class SweepConfig(_Strict):
                 if method.needs_keep_fractions and not parsed.keep_fractions:
                     raise ValueError(f"methods.{name}.keep_fractions: {name} needs at least one keep fraction {KEEP_FRACTION.accepted}")
                 if not method.needs_keep_fractions and parsed.keep_fractions:
-                    selecting = ", ".join(n for n, m in METHODS.items() if m.needs_keep_fractions)
-                    raise ValueError(f"methods.{name}.keep_fractions: only {selecting} take keep fractions")
+                    raise ValueError(f"methods.{name}.keep_fractions: only {' and '.join(selecting_methods())} take keep fractions")
             else:
                 try:
                     points = expand_image_grid(name, {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (grid or {}).items()})

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Mapping
 
 from head2toe.errors import H2TError
-from head2toe.limits import COEF, KEEP_FRACTION, LR, STEPS, TARGET_SIZE
+from head2toe.hparams import check_point
 from head2toe.registry import Registry
 
 
@@ -47,13 +47,7 @@ class ImageHParams:
     keep_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        LR.check(self.lr)
-        STEPS.check(self.steps)
-        COEF.check(self.coef)
-        if self.target_size is not None:
-            TARGET_SIZE.check(self.target_size)
-        if self.keep_fraction is not None:
-            KEEP_FRACTION.check(self.keep_fraction)
+        check_point(self.lr, self.steps, self.coef, self.target_size, () if self.keep_fraction is None else (self.keep_fraction,))
 
     @classmethod
     def from_any(cls, hp: "ImageHParams | Mapping") -> "ImageHParams":
