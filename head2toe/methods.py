@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from head2toe.backbones import PRE_LOGITS
 from head2toe.features import LayerFeatures
 from head2toe.hparams import HParams
 from head2toe.image_methods.config import IMAGE_METHODS, ImageMethod
@@ -18,7 +19,7 @@ from head2toe.probe import Probe, ProbeConfig, train_probes, train_probes_stacke
 from head2toe.registry import Registry, unknown
 from head2toe.selection import count_kept, select_features, select_layers
 
-PRELOGITS = "pre_logits"
+PRELOGITS = PRE_LOGITS  # the layer Linear reads
 
 
 @dataclass

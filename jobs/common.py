@@ -11,6 +11,7 @@ import numpy as np
 
 from head2toe.backbones import PRETRAINED, WEIGHTS, Backbone, create_backbone
 from head2toe.cache import FeatureCache
+from head2toe.cache.format import DTYPES
 from head2toe.limits import BATCH, COEF, INPUT_SIZE, KEEP_FRACTION, LR, SEED, STEPS, TARGET_SIZE, Rule
 from head2toe.provider import FeatureProvider
 from head2toe.tasks import Task, get_task
@@ -29,7 +30,7 @@ def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--batch-size", type=checked(int, "--batch-size", BATCH), default=32, help="images per backbone forward")
     p.add_argument("--cache", default=None, help="feature cache URI (folder, s3://, gs://); default $H2T_CACHE or ~/.cache/h2t/features")
-    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"], help="dtype of cached features")
+    p.add_argument("--feature-dtype", default=DTYPES[0], choices=DTYPES, help="dtype of cached features")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
