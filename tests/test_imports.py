@@ -45,9 +45,14 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (anywhere in its body)."""
+    """module -> the project modules it imports (anywhere in its body; head2toe's lazy API
+    table too, since using a name imports its module)."""
+    import head2toe
+
     modules = _modules()
-    return {m: {i for i in _imports(m, p, modules) if i in modules and i != m} for m, p in modules.items()}
+    graph = {m: {i for i in _imports(m, p, modules) if i in modules and i != m} for m, p in modules.items()}
+    graph["head2toe"] |= set(head2toe._API)
+    return graph
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
