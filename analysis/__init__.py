@@ -3,6 +3,9 @@ numbers side by side, domain affinity, ablations, feature overlap, cost, plots a
 
 After a sweep, `write_report(tracking_uri, experiment, out)` writes everything `h2t report`
 does. No Ray here: this runs on a laptop against a copied `mlflow.db` or a tracking server.
+
+May import: head2toe (the task registry: groups and class counts), MLflow, pandas,
+matplotlib; never Ray, orchestrator or jobs.
 """
 from analysis.ablations import accuracy_vs_layers, accuracy_vs_target_size, layers_vs_features
 from analysis.affinity import domain_affinity

@@ -1,30 +1,23 @@
-"""Names and orders the paper uses: VTAB-1k tasks (registry name -> label, group, classes)
-and methods (registry name -> label), so every table and plot lists them the same way."""
+"""Names and orders the paper uses: VTAB-1k tasks (registry name -> label, with group and
+class count read from the task registry, head2toe.tasks.vtab) and methods (registry name ->
+label), so every table and plot lists them the same way."""
 from __future__ import annotations
 
+from head2toe.tasks import get_task
+from head2toe.tasks.vtab import SPECS
+
 # The paper's column order (Tables 1-2), grouped Natural / Specialized / Structured.
-VTAB_TASKS: dict[str, tuple[str, str, int]] = {
-    "cifar100": ("CIFAR-100", "Natural", 100),
-    "caltech101": ("Caltech101", "Natural", 102),
-    "dtd": ("DTD", "Natural", 47),
-    "flowers102": ("Flowers102", "Natural", 102),
-    "pets": ("Pets", "Natural", 37),
-    "svhn": ("SVHN", "Natural", 10),
-    "sun397": ("Sun397", "Natural", 397),
-    "camelyon": ("Camelyon", "Specialized", 2),
-    "eurosat": ("EuroSAT", "Specialized", 10),
-    "resisc45": ("Resisc45", "Specialized", 45),
-    "retinopathy": ("Retinopathy", "Specialized", 5),
-    "clevr_count": ("Clevr-Count", "Structured", 8),
-    "clevr_dist": ("Clevr-Dist", "Structured", 6),
-    "dmlab": ("DMLab", "Structured", 6),
-    "kitti_dist": ("KITTI-Dist", "Structured", 4),
-    "dsprites_loc": ("dSpr-Loc", "Structured", 16),
-    "dsprites_ori": ("dSpr-Ori", "Structured", 16),
-    "smallnorb_azim": ("sNORB-Azim", "Structured", 18),
-    "smallnorb_elev": ("sNORB-Elev", "Structured", 9),
+VTAB_LABELS: dict[str, str] = {
+    "cifar100": "CIFAR-100", "caltech101": "Caltech101", "dtd": "DTD", "flowers102": "Flowers102", "pets": "Pets",
+    "svhn": "SVHN", "sun397": "Sun397",
+    "camelyon": "Camelyon", "eurosat": "EuroSAT", "resisc45": "Resisc45", "retinopathy": "Retinopathy",
+    "clevr_count": "Clevr-Count", "clevr_dist": "Clevr-Dist", "dmlab": "DMLab", "kitti_dist": "KITTI-Dist",
+    "dsprites_loc": "dSpr-Loc", "dsprites_ori": "dSpr-Ori", "smallnorb_azim": "sNORB-Azim", "smallnorb_elev": "sNORB-Elev",
 }
-VTAB_GROUPS = ("Natural", "Specialized", "Structured")
+# name -> (label, group, classes)
+VTAB_TASKS: dict[str, tuple[str, str, int]] = {n: (label, SPECS[n].group, SPECS[n].num_classes)
+                                              for n, label in VTAB_LABELS.items()}
+VTAB_GROUPS = tuple(dict.fromkeys(group for _, group, _ in VTAB_TASKS.values()))
 # Tasks outside VTAB (the offline ones, imagefolder:...) are never mixed into a VTAB group:
 # a procedural dSprites is not dSprites, and the paper's means are over the 19 VTAB tasks.
 OTHER_GROUP = "Offline"
@@ -73,12 +66,11 @@ def order_methods(methods) -> list[str]:
 
 
 def num_classes(task: str) -> int | None:
-    """Classes of a task: VTAB's from the table above, others from the task registry."""
+    """Classes of a task, from the task registry (None for a task it cannot build, e.g. an
+    imagefolder path gone: no cost row)."""
     if task in VTAB_TASKS:
         return VTAB_TASKS[task][2]
     try:
-        from head2toe.tasks import get_task
-
         return int(get_task(task).num_classes)
-    except Exception:  # an unknown or unreadable task (e.g. an imagefolder path gone): no cost row
+    except (ValueError, OSError):  # H2TError: unknown, or its folder unreadable
         return None

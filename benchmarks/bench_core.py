@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 

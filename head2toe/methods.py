@@ -6,45 +6,20 @@ they read, the penalty, and whether a second probe is trained on selected featur
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from head2toe.backbones import PRE_LOGITS
 from head2toe.features import LayerFeatures
+from head2toe.hparams import HParams
+from head2toe.image_methods.config import IMAGE_METHODS, ImageMethod
 from head2toe.probe import Probe, ProbeConfig, train_probes, train_probes_stacked
+from head2toe.registry import Registry, unknown
 from head2toe.selection import count_kept, select_features, select_layers
 
-PRELOGITS = "pre_logits"
-
-
-@dataclass(frozen=True)
-class HParams:
-    """One point of a method's grid. Keep fractions are evaluated inside the same trial:
-    they reuse the group-lasso head, so they cost only the small second probe."""
-
-    lr: float
-    steps: int
-    coef: float
-    target_size: int
-    keep_fractions: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if int(self.steps) != self.steps or self.steps <= 0:
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
-        if self.coef < 0:
-            raise ValueError(f"coef must be >= 0, got {self.coef!r}")
-        if int(self.target_size) != self.target_size or self.target_size <= 0:
-            raise ValueError(f"target_size must be a positive integer, got {self.target_size!r}")
-        for f in self.keep_fractions:
-            if not 0 < f <= 1:
-                raise ValueError(f"keep fraction must be in (0, 1], got {f!r}")
-
-    def as_dict(self) -> dict:
-        return {"lr": self.lr, "steps": self.steps, "coef": self.coef, "target_size": self.target_size}
+PRELOGITS = PRE_LOGITS  # the layer Linear reads
 
 
 @dataclass
@@ -197,41 +172,26 @@ class FittedHead:
                           self.n_features_kept, self.probe.final_loss, self.kept or {}, self.widths if self.kept else {})
 
 
-METHODS: dict[str, FeatureMethod] = {
-    m.name: m
-    for m in [
-        FeatureMethod("linear", "l2", layers=PRELOGITS, description="pre-logits features only (Linear)"),
-        FeatureMethod("all_l2", "l2", description="all layers, L2 penalty, no selection"),
-        FeatureMethod("all_l1", "l1", description="all layers, L1 penalty, no selection"),
-        FeatureMethod("all_group", "group", description="all layers, group-lasso penalty, no selection"),
-        FeatureMethod("head2toe", "group", selection="features", description="group-lasso scores, keep top features, retrain"),
-        FeatureMethod("head2toe_layers", "group", selection="layers", description="ablation: keep whole layers, retrain"),
-    ]
-}
+METHODS: Registry[FeatureMethod] = Registry("feature method")
+for _m in [
+    FeatureMethod("linear", "l2", layers=PRELOGITS, description="pre-logits features only (Linear)"),
+    FeatureMethod("all_l2", "l2", description="all layers, L2 penalty, no selection"),
+    FeatureMethod("all_l1", "l1", description="all layers, L1 penalty, no selection"),
+    FeatureMethod("all_group", "group", description="all layers, group-lasso penalty, no selection"),
+    FeatureMethod("head2toe", "group", selection="features", description="group-lasso scores, keep top features, retrain"),
+    FeatureMethod("head2toe_layers", "group", selection="layers", description="ablation: keep whole layers, retrain"),
+]:
+    METHODS.register(_m.name, _m)
 
 
-@dataclass(frozen=True)
-class ImageMethod:
-    """A method that trains the backbone itself, so it reads images, not the feature cache
-    (implemented in head2toe.image_methods; `run` is its `run_image_method`)."""
-
-    name: str
-    description: str = ""
-
-    def run(self, task, backbone_name: str, hp, seed: int = 0, fold: int | None = None, **kwargs) -> dict:
-        from head2toe.image_methods import run_image_method
-
-        return run_image_method(task, backbone_name, self.name, hp, seed, fold, **kwargs)
+def selecting_methods() -> list[str]:
+    """The feature methods that select features, so take keep fractions."""
+    return [n for n, m in METHODS.items() if m.needs_keep_fractions]
 
 
-IMAGE_METHODS: dict[str, ImageMethod] = {
-    m.name: m
-    for m in [
-        ImageMethod("finetune", "pretrained backbone + new linear head, all weights trained"),
-        ImageMethod("scratch", "same network from a random init"),
-        ImageMethod("head2toe_ft", "Head2Toe-selected features as the head's input, backbone trained end to end"),
-    ]
-}
+def method_names() -> list[str]:
+    """Every method, feature methods first (what `--method` and a config's `methods:` accept)."""
+    return [*METHODS, *IMAGE_METHODS]
 
 
 def is_image_method(name: str) -> bool:
@@ -239,8 +199,9 @@ def is_image_method(name: str) -> bool:
 
 
 def get_method(name: str) -> FeatureMethod | ImageMethod:
+    """A feature method (head2toe.methods) or an image method (head2toe.image_methods) by name."""
     if name in IMAGE_METHODS:
         return IMAGE_METHODS[name]
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; choose one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
-    return METHODS[name]
+    if name in METHODS:
+        return METHODS[name]
+    raise unknown("method", name, method_names())

@@ -7,11 +7,20 @@ from collections import defaultdict
 
 import numpy as np
 
-from head2toe.methods import HParams
+from head2toe.errors import H2TError
+from head2toe.hparams import HParams
 
 N_FOLDS = 5
 VTAB_TRAIN = 1000
 VTAB_VAL = 200
+FOLDS = tuple(range(N_FOLDS))
+
+
+def check_fold(fold: int) -> int:
+    """`fold`, or the one-line error naming the folds there are."""
+    if fold not in FOLDS:
+        raise H2TError(f"fold must be in 0..{N_FOLDS - 1}, got {fold!r}")
+    return fold
 
 
 def cv_folds(n: int, n_folds: int = N_FOLDS) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -17,14 +17,13 @@ import numpy as np
 
 from head2toe.backbones import Backbone, COMPOSITE_SEP, qualify, split_qualified
 from head2toe.errors import H2TError
-from head2toe.cache.format import FORMAT_VERSION
 from head2toe.cache.keys import feature_key
 from head2toe.cache.plan import describe, layer_widths
 from head2toe.extract import extract_features, iter_features
 from head2toe.features import LayerFeatures
 from head2toe.tasks.base import Task
 
-__all__ = ["FORMAT_VERSION", "BackboneUnion", "FeatureProvider", "FeatureStore", "UnionProvider", "feature_key"]
+__all__ = ["BackboneUnion", "FeatureProvider", "FeatureStore", "UnionProvider", "feature_key"]
 
 
 class FeatureStore(Protocol):

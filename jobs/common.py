@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 
-from head2toe.backbones import Backbone, create_backbone
+from head2toe.backbones import PRETRAINED, WEIGHTS, Backbone, create_backbone
 from head2toe.cache import FeatureCache
-from head2toe.limits import MAX_BATCH, MAX_INPUT_SIZE, MAX_LR, MAX_SEED, MAX_STEPS, MIN_INPUT_SIZE
+from head2toe.cache.format import DTYPES
+from head2toe.limits import BATCH, COEF, INPUT_SIZE, KEEP_FRACTION, LR, SEED, STEPS, TARGET_SIZE, Rule
 from head2toe.provider import FeatureProvider
 from head2toe.tasks import Task, get_task
 from head2toe.tasks.vtab import set_data_dir
@@ -22,14 +23,14 @@ def add_backbone_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     """Backbone and feature-cache flags; `many` lets --backbone take several names."""
     p.add_argument("--backbone", default=["efficientnet_lite0"] if many else "efficientnet_lite0", nargs="+" if many else None,
                    help="registry name (h2t backbones) or a timm model name")
-    p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"])
+    p.add_argument("--weights", default=PRETRAINED, choices=WEIGHTS)
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for timm backbones")
-    p.add_argument("--input-size", type=in_range(int, "--input-size", MIN_INPUT_SIZE, MAX_INPUT_SIZE), default=None,
+    p.add_argument("--input-size", type=checked(int, "--input-size", INPUT_SIZE), default=None,
                    help="override the backbone's input size (px)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    p.add_argument("--batch-size", type=in_range(int, "--batch-size", 1, MAX_BATCH), default=32, help="images per backbone forward")
+    p.add_argument("--batch-size", type=checked(int, "--batch-size", BATCH), default=32, help="images per backbone forward")
     p.add_argument("--cache", default=None, help="feature cache URI (folder, s3://, gs://); default $H2T_CACHE or ~/.cache/h2t/features")
-    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"], help="dtype of cached features")
+    p.add_argument("--feature-dtype", default=DTYPES[0], choices=DTYPES, help="dtype of cached features")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -48,33 +49,27 @@ def load_task(args: argparse.Namespace) -> Task:
     return task
 
 
-def checked(kind: type, flag: str, ok, accepted: str):
-    """argparse type: a finite `kind` for which ok(value) holds; the error names the flag."""
+def checked(kind: type, flag: str, rule: Rule):
+    """argparse type: a `kind` that meets `rule` (head2toe.limits, as the library and the sweep
+    YAML check it); the error names the flag."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             noun = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{flag} must be {noun} {accepted}, got {text!r}") from None
-        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
-            raise argparse.ArgumentTypeError(f"{flag} must be {accepted}, got {text if len(text) <= 40 else text[:40] + '...'}")
+            raise argparse.ArgumentTypeError(f"{flag} must be {noun} {rule.accepted}, got {text!r}") from None
+        if not rule.ok(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be {rule.accepted}, got {text if len(text) <= 40 else text[:40] + '...'}")
         return value
     return parse
 
 
-def positive(kind: type, flag: str):
-    return checked(kind, flag, lambda v: v > 0, "> 0")
-
-
-def in_range(kind: type, flag: str, lo, hi):
-    return checked(kind, flag, lambda v: lo <= v <= hi, f"in {lo}..{hi}")
-
-
-fraction = checked(float, "--keep-fraction", lambda v: 0 < v <= 1, "in (0, 1]")
-non_negative = checked(float, "--coef", lambda v: v >= 0, ">= 0")
-learning_rate = checked(float, "--lr", lambda v: 0 < v <= MAX_LR, f"> 0 and <= {MAX_LR:g}")
-step_count = checked(int, "--steps", lambda v: 0 < v <= MAX_STEPS, f"> 0 and <= {MAX_STEPS}")
-seed = in_range(int, "--seed", 0, MAX_SEED)
+fraction = checked(float, "--keep-fraction", KEEP_FRACTION)
+non_negative = checked(float, "--coef", COEF)
+learning_rate = checked(float, "--lr", LR)
+step_count = checked(int, "--steps", STEPS)
+target_size = checked(int, "--target-size", TARGET_SIZE)
+seed = checked(int, "--seed", SEED)
 
 
 def build_backbone(args: argparse.Namespace, name: str | None = None) -> Backbone:

@@ -18,7 +18,7 @@ from head2toe.grids import DEFAULT_GRIDS
 from head2toe.tasks import get_task
 from head2toe.tasks.base import SPLITS
 from head2toe.errors import H2TError
-from jobs.common import add_backbone_args, build_backbone, build_cache, emit_json, positive
+from jobs.common import add_backbone_args, build_backbone, build_cache, emit_json, target_size
 from jobs.preflight import check_device, quiet_cache_log, write_problem
 
 DEFAULT_TARGET_SIZES = sorted({t for g in DEFAULT_GRIDS.values() for t in g["target_size"]})
@@ -41,7 +41,7 @@ def parse_size(text: str) -> int:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, nargs="+", help="registry names (h2t tasks) or imagefolder:PATH")
     add_backbone_args(p, many=True)
-    p.add_argument("--target-size", type=positive(int, "--target-size"), nargs="+", default=DEFAULT_TARGET_SIZES,
+    p.add_argument("--target-size", type=target_size, nargs="+", default=DEFAULT_TARGET_SIZES,
                    help=f"one or more target sizes, all from one forward pass (default {DEFAULT_TARGET_SIZES})")
     p.add_argument("--split", nargs="+", choices=SPLITS, default=list(SPLITS))
     p.add_argument("--min-free", type=parse_size, default=0, help="refuse unless this much stays free after writing (e.g. 20G)")

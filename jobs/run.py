@@ -14,43 +14,43 @@ from head2toe.cache.plan import layer_widths
 from head2toe.errors import H2TError
 from head2toe.evaluate import fixed_or_grid, run_protocol
 from head2toe.grids import DEFAULT_GRIDS
-from head2toe.methods import IMAGE_METHODS, METHODS, is_image_method
+from head2toe.image_methods import DEFAULT_IMAGE_GRIDS, TrainConfig, expand_image_grid, run_image_protocol
 from head2toe.image_methods.data import AUGMENT_POLICIES
-from head2toe.limits import MAX_BATCH
+from head2toe.limits import BATCH
+from head2toe.methods import get_method, is_image_method, method_names
+from head2toe.protocol import FOLDS, N_FOLDS
 from head2toe.provider import FeatureProvider, UnionProvider, feature_key
-from jobs.common import (add_backbone_args, add_data_args, build_backbone, build_cache, build_provider, emit_json, fraction,
-                         in_range, learning_rate, load_task, non_negative, positive, seed, step_count)
+from jobs.common import (add_backbone_args, add_data_args, build_backbone, build_cache, build_provider, checked, emit_json,
+                         fraction, learning_rate, load_task, non_negative, seed, step_count, target_size)
 from jobs.preflight import check_device, require_writable_or_cached
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="registry name (h2t tasks) or imagefolder:PATH")
-    p.add_argument("--method", default="head2toe", help=f"one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
+    p.add_argument("--method", default="head2toe", help=f"one of: {', '.join(method_names())}")
     add_backbone_args(p)
     add_data_args(p)
     p.add_argument("--lr", type=learning_rate)
     p.add_argument("--steps", type=step_count)
     p.add_argument("--coef", type=non_negative)
-    p.add_argument("--target-size", type=positive(int, "--target-size"))
+    p.add_argument("--target-size", type=target_size)
     p.add_argument("--keep-fraction", type=fraction)
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--fold", type=int, choices=range(5), metavar="K", help="validate on CV fold K (0-4)")
+    where.add_argument("--fold", type=int, choices=FOLDS, metavar="K", help=f"validate on CV fold K (0-{N_FOLDS - 1})")
     where.add_argument("--test", action="store_true", help="final run on test (the default)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     img = p.add_argument_group("image-level methods (finetune, scratch, head2toe_ft)")
-    img.add_argument("--train-batch", type=in_range(int, "--train-batch", 1, MAX_BATCH), default=512, help="effective batch per SGD step")
-    img.add_argument("--micro-batch", type=in_range(int, "--micro-batch", 1, MAX_BATCH), help="images per forward (gradient accumulation); default: whole batch on CUDA, 32 on CPU")
+    img.add_argument("--train-batch", type=checked(int, "--train-batch", BATCH), default=512, help="effective batch per SGD step")
+    img.add_argument("--micro-batch", type=checked(int, "--micro-batch", BATCH), help="images per forward (gradient accumulation); default: whole batch on CUDA, 32 on CPU")
     img.add_argument("--augment", choices=["auto", *AUGMENT_POLICIES], default="auto", help="auto: the task's policy")
     img.add_argument("--checkpoint-dir", help="checkpoint here every 500 steps; a rerun with the same dir resumes")
 
 
 def main(args: argparse.Namespace) -> int:
-    if is_image_method(args.method):
+    method = get_method(args.method)
+    if is_image_method(method.name):
         return run_image(args)
-    if args.method not in METHODS:
-        raise H2TError(f"unknown method {args.method!r}; choose one of: {', '.join([*METHODS, *IMAGE_METHODS])}")
-    method = METHODS[args.method]
     check_device(args.device)
     task = load_task(args)
     try:
@@ -108,7 +108,7 @@ def print_summary(out: dict, task: str, backbone: str, method: str, fold: int | 
     print(f"{task} | {backbone} | {method}: {split} accuracy {acc:.4f}")
     print(f"  chosen: lr={out['lr']} steps={out['steps']} coef={out['coef']} target_size={out['target_size']} keep_fraction={out['keep_fraction']}")
     if "cv_accuracy" in out:
-        print(f"  5-fold CV accuracy of the chosen config: {out['cv_accuracy']:.4f}")
+        print(f"  {N_FOLDS}-fold CV accuracy of the chosen config: {out['cv_accuracy']:.4f}")
     if details:
         print(f"  {details}")
     print(f"  features kept {out['n_features_kept']} / {out['n_features_total']}; backbone forward passes {out['forward_passes']}; {out['wall_s']} s")
@@ -116,8 +116,6 @@ def print_summary(out: dict, task: str, backbone: str, method: str, fold: int | 
 
 def run_image(args: argparse.Namespace) -> int:
     """finetune / scratch / head2toe_ft: CV over the small image grid (or the fixed flags), then test."""
-    from head2toe.image_methods import DEFAULT_IMAGE_GRIDS, TrainConfig, expand_image_grid, run_image_protocol
-
     if len(composite_members(args.backbone)) > 1:
         raise H2TError(f"--backbone {args.backbone}: image-level method {args.method!r} trains one backbone; "
                        "composite backbones work with the feature methods (linear, all_l21, head2toe, ...)")

@@ -15,10 +15,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from head2toe.backbones import RANDOM
 from head2toe.cache import file_bytes, human_bytes, layer_widths
 from head2toe.cache.format import ROW_GROUP_BYTES
 from head2toe.errors import H2TError
-from head2toe.methods import METHODS
+from head2toe.methods import METHODS, PRELOGITS
+from head2toe.protocol import cv_folds
+from head2toe.tasks import get_task
 from orchestrator.config import BackboneConfig, Resources, SweepConfig
 from orchestrator.plan import cv_specs, extraction_needs, image_cv_specs
 
@@ -104,13 +107,11 @@ def backbone_shape(bb: BackboneConfig, target_sizes: list[int]) -> BackboneShape
     forward's saved activations are the bytes autograd's saved-tensor hooks see for a batch of 2."""
     import torch
 
-    from head2toe.backbones import create_backbone
-
     try:
         with torch.device("meta"):
-            b = create_backbone(bb.name, weights="random", input_size=bb.input_size, device="meta")
+            b = bb.create(weights=RANDOM, checkpoint=None, device="meta")
     except (RuntimeError, NotImplementedError):
-        b = create_backbone(bb.name, weights="random", input_size=bb.input_size)
+        b = bb.create(weights=RANDOM, checkpoint=None)
     info = b.feature_info()
     widths = {t: layer_widths(b, t) for t in target_sizes}
     device = next(b.model.parameters()).device
@@ -126,7 +127,7 @@ def backbone_shape(bb: BackboneConfig, target_sizes: list[int]) -> BackboneShape
     return BackboneShape(
         b.name, b.input_size, bb.batch_size, sum(p.numel() for p in b.model.parameters()), len(info),
         sum(math.prod(i["shape"]) for i in info), {t: sum(w.values()) for t, w in widths.items()},
-        {t: w["pre_logits"] for t, w in widths.items()}, sum(seen.values()) // 2,
+        {t: w[PRELOGITS] for t, w in widths.items()}, sum(seen.values()) // 2,
     )
 
 
@@ -277,8 +278,6 @@ class _Planner:
     """Shapes, split sizes and resources of one config, and the per-process arithmetic on them."""
 
     def __init__(self, cfg: SweepConfig, a: Assumptions):
-        from head2toe.tasks import get_task
-
         self.cfg, self.a = cfg, a
         self.needs = extraction_needs(cfg)
         self.sizes = self.needs[0][2] if self.needs else []
@@ -295,12 +294,14 @@ class _Planner:
                  "features": self.shapes[bb].widths[s], "bytes": file_bytes(self.rows[t][split], self.shapes[bb].widths[s], CACHE_DTYPE)}
                 for t, bb, ts in self.needs for split in ("train", "test") for s in ts]
 
+    def input_features(self, bb: BackboneConfig, method: str, size: int) -> int:
+        """The features a method's probe reads at a target size (pre-logits only, or every layer)."""
+        return (self.shapes[bb].pre_logits if METHODS[method].layers == PRELOGITS else self.shapes[bb].widths)[size]
+
     def probe(self, stage: str, task: str, bb: BackboneConfig, method: str, size: int, heads: int, steps: int,
               keep_fractions: tuple[float, ...], held: int = 0) -> ProbeTrial:
-        from head2toe.protocol import cv_folds
-
         rows, classes = self.rows[task]["train"], self.tasks[task].num_classes
-        feats = (self.shapes[bb].pre_logits if METHODS[method].layers == "pre_logits" else self.shapes[bb].widths)[size]
+        feats = self.input_features(bb, method, size)
         test_group = min(ROW_GROUP_BYTES, file_bytes(self.rows[task]["test"], feats, CACHE_DTYPE)) if stage == "final" else 0
         fold_rows = len(cv_folds(rows)[0][0]) if stage == "cv" else rows
         parts = probe_memory(rows, fold_rows, feats, classes, heads, keep_fractions, test_group, self.a)
@@ -318,7 +319,7 @@ class _Planner:
     def head_bytes(self, task: str, bb: BackboneConfig, method: str, size: int, keep_fractions: tuple[float, ...]) -> int:
         """One fitted final head kept for the test pass: F x C float32 (the kept columns' head for a
         selection method, at its largest keep fraction)."""
-        feats = (self.shapes[bb].pre_logits if METHODS[method].layers == "pre_logits" else self.shapes[bb].widths)[size]
+        feats = self.input_features(bb, method, size)
         width = math.ceil(feats * max(keep_fractions)) if keep_fractions else feats
         return width * self.tasks[task].num_classes * F32
 

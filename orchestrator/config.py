@@ -6,8 +6,6 @@ and what is accepted, before Ray starts or a backbone loads.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -15,11 +13,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from head2toe.backbones import COMPOSITE_SEP, PRETRAINED, WEIGHTS, Backbone, check_backbone, composite_members, create_backbone, get_spec
 from head2toe.errors import H2TError
-from head2toe.limits import MAX_LR, MAX_SEED, MAX_STEPS, lr_ok, seed_ok, steps_ok
-from head2toe.methods import IMAGE_METHODS, METHODS, HParams
-
-IMAGE_METHOD_NAMES = tuple(IMAGE_METHODS)
+from head2toe.hashing import short_hash
+from head2toe.image_methods import TrainConfig, expand_image_grid
+from head2toe.limits import COEF, KEEP_FRACTION, LR, SEED, STEPS, TARGET_SIZE, Rule
+from head2toe.methods import METHODS, FeatureMethod, HParams, get_method, is_image_method, selecting_methods
+from head2toe.protocol import FOLDS, check_fold, expand_grid
+from head2toe.registry import check_choice
+from head2toe.tasks import check_task
 
 
 class _Strict(BaseModel):
@@ -28,7 +30,7 @@ class _Strict(BaseModel):
 
 class BackboneConfig(_Strict):
     name: str
-    weights: str = "pretrained"
+    weights: str = PRETRAINED
     input_size: int | None = Field(default=None, gt=0)
     # finetune and scratch train and score at this resolution (None: input_size); they run the
     # backbone forward and backward per step, so a lower one makes them affordable on a CPU
@@ -36,31 +38,8 @@ class BackboneConfig(_Strict):
     checkpoint: str | None = None
     batch_size: int = Field(default=32, gt=0)
 
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, v: str) -> str:
-        if v not in ("pretrained", "random"):
-            raise ValueError(f"must be 'pretrained' or 'random', got {v!r}")
-        return v
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        from head2toe.backbones import BACKBONES, COMPOSITE_SEP, composite_members
-        from head2toe.errors import H2TError
-
-        if COMPOSITE_SEP in v:  # "a+b": a composite backbone (docs/multi_backbone.md)
-            try:
-                composite_members(v)
-            except H2TError as e:
-                raise ValueError(str(e)) from None
-            return v
-        if v not in BACKBONES:
-            import timm
-
-            if not timm.is_model(v):
-                raise ValueError(f"unknown backbone {v!r}; use one of {', '.join(BACKBONES)} or a timm model name")
-        return v
+    _weights = field_validator("weights")(lambda v: check_choice("weights", v, WEIGHTS))
+    _known = field_validator("name")(lambda v: check_backbone(v))  # also "a+b", a composite (docs/multi_backbone.md)
 
     @model_validator(mode="after")
     def _composite_checkpoint(self) -> "BackboneConfig":
@@ -70,8 +49,6 @@ class BackboneConfig(_Strict):
 
     @property
     def is_composite(self) -> bool:
-        from head2toe.backbones import COMPOSITE_SEP
-
         return COMPOSITE_SEP in self.name
 
     def members(self) -> list["BackboneConfig"]:
@@ -79,20 +56,30 @@ class BackboneConfig(_Strict):
         same weights, input size and batch size, so their keys are those of single-backbone runs."""
         if not self.is_composite:
             return [self]
-        from head2toe.backbones import composite_members
-
         return [self.model_copy(update={"name": m}) for m in composite_members(self.name)]
 
     def timm_id(self) -> str:
         """The pinned timm tag (members' tags joined by '+' for a composite): what the name means
         today, so a re-pinned tag gives new trial keys and shows in MLflow."""
-        from head2toe.backbones import COMPOSITE_SEP, get_spec
-
         return COMPOSITE_SEP.join(get_spec(m.name).timm_id for m in self.members())
+
+    def create(self, **overrides: Any) -> Backbone:
+        """The backbone this config names (head2toe.backbones.create_backbone); `overrides`
+        (device, weights, ...) replace or add keyword arguments."""
+        return create_backbone(**{"name": self.name, "weights": self.weights, "input_size": self.input_size,
+                                  "checkpoint": self.checkpoint, **overrides})
 
     def identity(self) -> dict:
         return {"name": self.name, "timm_id": self.timm_id(), "weights": self.weights, "input_size": self.input_size,
                 "checkpoint": self.checkpoint}
+
+
+def _all(rule: Rule, values: list) -> list:
+    """`values` when each meets `rule` (head2toe.limits: the CLI and the library check the same)."""
+    bad = rule.bad(values)
+    if bad:
+        raise ValueError(f"must be {rule.accepted}, got {bad}")
+    return values
 
 
 class MethodGrid(_Strict):
@@ -104,49 +91,13 @@ class MethodGrid(_Strict):
     target_size: list[int] = Field(default=[512], min_length=1)
     keep_fractions: list[float] = Field(default_factory=list)
 
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v):
-        bad = [x for x in v if not lr_ok(x)]
-        if bad:
-            raise ValueError(f"learning rates must be > 0 and <= {MAX_LR:g}, got {bad}")
-        return v
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, v):
-        bad = [x for x in v if not steps_ok(x)]
-        if bad:
-            raise ValueError(f"must be positive integers <= {MAX_STEPS}, got {bad}")
-        return v
-
-    @field_validator("target_size")
-    @classmethod
-    def _positive_int(cls, v):
-        bad = [x for x in v if x <= 0]
-        if bad:
-            raise ValueError(f"must be positive integers, got {bad}")
-        return v
-
-    @field_validator("coef")
-    @classmethod
-    def _coef(cls, v):
-        bad = [x for x in v if x < 0]
-        if bad:
-            raise ValueError(f"coefficients must be >= 0, got {bad}")
-        return v
-
-    @field_validator("keep_fractions")
-    @classmethod
-    def _fractions(cls, v):
-        bad = [x for x in v if not 0 < x <= 1]
-        if bad:
-            raise ValueError(f"keep fractions must be in (0, 1], got {bad}")
-        return v
+    _lr = field_validator("lr")(lambda v: _all(LR, v))
+    _steps = field_validator("steps")(lambda v: _all(STEPS, v))
+    _target_size = field_validator("target_size")(lambda v: _all(TARGET_SIZE, v))
+    _coef = field_validator("coef")(lambda v: _all(COEF, v))
+    _fractions = field_validator("keep_fractions")(lambda v: _all(KEEP_FRACTION, v))
 
     def hparams(self) -> list[HParams]:
-        from head2toe.protocol import expand_grid
-
         return expand_grid(self.lr, self.steps, self.coef, self.target_size, self.keep_fractions)
 
 
@@ -207,7 +158,7 @@ class SweepConfig(_Strict):
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     seeds: list[int] = Field(default=[0], min_length=1)
     cv_seeds: list[int] = Field(default=[0], min_length=1)
-    folds: list[int] = Field(default=[0, 1, 2, 3, 4], min_length=1)
+    folds: list[int] = Field(default=list(FOLDS), min_length=1)
     resources: ResourcePlan = ResourcePlan()
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     max_failures: int = Field(default=2, ge=0)
@@ -228,53 +179,28 @@ class SweepConfig(_Strict):
     def _backbone_names(cls, v):
         return [{"name": b} if isinstance(b, str) else b for b in (v or [])]
 
-    @field_validator("tasks")
-    @classmethod
-    def _tasks(cls, v):
-        from head2toe.tasks import get_task, task_names
-
-        known = set(task_names())
-        bad = [t for t in v if t not in known and not t.startswith("imagefolder:")]
-        if bad:
-            raise ValueError(f"unknown task(s) {bad}; known: {', '.join(sorted(known))} or imagefolder:PATH")
-        for t in v:  # a user's folder is checked now (missing, empty, one class, unreadable image), not after Ray starts
-            if t.startswith("imagefolder:"):
-                get_task(t)
-        return v
-
-    @field_validator("seeds", "cv_seeds")
-    @classmethod
-    def _seeds(cls, v):
-        bad = [x for x in v if not seed_ok(x)]
-        if bad:
-            raise ValueError(f"seeds must lie in 0..{MAX_SEED}, got {bad}")
-        return v
-
-    @field_validator("folds")
-    @classmethod
-    def _folds(cls, v):
-        bad = [f for f in v if not 0 <= f < 5]
-        if bad:
-            raise ValueError(f"folds must lie in 0..4, got {bad}")
-        return sorted(set(v))
+    # a user's folder is checked now (missing, empty, one class, unreadable image), not after Ray starts
+    _tasks = field_validator("tasks")(lambda v: [check_task(t) for t in v])
+    _seeds = field_validator("seeds", "cv_seeds")(lambda v: _all(SEED, v))
+    _folds = field_validator("folds")(lambda v: sorted({check_fold(f) for f in v}))
 
     @model_validator(mode="after")
     def _methods(self):
         for name, grid in self.methods.items():
-            if name not in METHODS and name not in IMAGE_METHOD_NAMES:
-                raise ValueError(f"methods: unknown method {name!r}; choose from {', '.join([*METHODS, *IMAGE_METHOD_NAMES])}")
-            if name in METHODS:
+            try:
+                method = get_method(name)
+            except H2TError as e:
+                raise ValueError(f"methods: {e}") from None
+            if isinstance(method, FeatureMethod):
                 try:
                     parsed = MethodGrid(**(grid or {}))
                 except ValidationError as e:
                     raise ValueError(f"methods.{name}.{_first_error(e)}") from None
-                if METHODS[name].needs_keep_fractions and not parsed.keep_fractions:
-                    raise ValueError(f"methods.{name}.keep_fractions: {name} needs at least one keep fraction in (0, 1]")
-                if not METHODS[name].needs_keep_fractions and parsed.keep_fractions:
-                    raise ValueError(f"methods.{name}.keep_fractions: only head2toe and head2toe_layers take keep fractions")
+                if method.needs_keep_fractions and not parsed.keep_fractions:
+                    raise ValueError(f"methods.{name}.keep_fractions: {name} needs at least one keep fraction {KEEP_FRACTION.accepted}")
+                if not method.needs_keep_fractions and parsed.keep_fractions:
+                    raise ValueError(f"methods.{name}.keep_fractions: only {' and '.join(selecting_methods())} take keep fractions")
             else:
-                from head2toe.image_methods.run import expand_image_grid
-
                 try:
                     points = expand_image_grid(name, {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in (grid or {}).items()})
                 except (H2TError, TypeError) as e:
@@ -292,9 +218,7 @@ class SweepConfig(_Strict):
             raise ValueError(f"image_training: {e}") from None
         return self
 
-    def train_config(self):
-        from head2toe.image_methods.config import TrainConfig
-
+    def train_config(self) -> TrainConfig:
         return TrainConfig(**self.image_training)
 
     def feature_grids(self) -> dict[str, MethodGrid]:
@@ -302,10 +226,8 @@ class SweepConfig(_Strict):
 
     def image_grids(self) -> dict[str, list]:
         """Image-level methods and their grid points (head2toe.image_methods.ImageHParams)."""
-        from head2toe.image_methods.run import expand_image_grid
-
         return {n: expand_image_grid(n, {k: v if isinstance(v, list) else [v] for k, v in g.items()})
-                for n, g in self.methods.items() if n in IMAGE_METHOD_NAMES}
+                for n, g in self.methods.items() if is_image_method(n)}
 
     def final_resources(self) -> Resources:
         """What a feature-method final trial asks for: `resources.final_trial` (else `trial`), and
@@ -328,7 +250,7 @@ class SweepConfig(_Strict):
         """Stable id of what this sweep computes (not where it logs): resuming finds its runs."""
         body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures",
                                              "test_features", "extract_shard_bytes"})  # how features are stored: same results
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+        return short_hash(body, 12)
 
 
 def _first_error(e: ValidationError) -> str:

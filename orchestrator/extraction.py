@@ -21,7 +21,6 @@ import ray
 from tqdm.auto import tqdm
 
 from head2toe.allocator import allocator_env
-from head2toe.backbones import create_backbone
 from head2toe.cache import CacheItem, check_room, feature_key, fill_split, open_cache, plan_split, shard_ranges
 from head2toe.tasks import get_task
 from orchestrator.config import BackboneConfig, SweepConfig
@@ -77,7 +76,7 @@ def run_extraction(jobs: list[ExtractionJob], cache_uri: str | None, dtype: str 
     for job in jobs:
         bb = job.backbone
         if bb not in backbones:
-            backbones[bb] = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint)
+            backbones[bb] = bb.create()
         items = plan_split(cache, backbones[bb], get_task(job.task), job.split, list(job.target_sizes), verify_data=verify_data)
         summary.items += items
         missing = [i for i in items if not i.cached]
@@ -136,7 +135,7 @@ def _worker_backbone(bb: BackboneConfig, device: str):
     """The worker keeps its last backbone: Ray reuses a worker for the next extraction task,
     which then skips building the model, loading its weights and the shape probe (2-9 s of
     a 1-CPU worker, benchmarks/bench_extract.py). Memory: one frozen backbone per worker."""
-    return create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint, device=device)
+    return bb.create(device=device)
 
 
 def _extract_job(job: ExtractionJob, cache_uri: str, dtype: str, row_group_bytes: int | None) -> int:

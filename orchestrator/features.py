@@ -13,16 +13,16 @@ A composite backbone ("a+b") has no entry of its own: its key names its members'
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Iterator
 
 import numpy as np
 
-from head2toe.backbones import COMPOSITE_SEP, create_backbone, qualify, split_qualified
+from head2toe.backbones import COMPOSITE_SEP, qualify, split_qualified
 from head2toe.cache import InvalidFile
 from head2toe.errors import H2TError
+from head2toe.extract import iter_features
 from head2toe.features import LayerFeatures, NormalizedFeatures
+from head2toe.hashing import short_hash
 from head2toe.methods import METHODS, PRELOGITS
 from head2toe.provider import feature_key
 from head2toe.tasks import get_task
@@ -34,7 +34,7 @@ EntryKey = tuple[str, str, str, int]  # (task, backbone id, split, target size)
 
 
 def backbone_id(bb: BackboneConfig) -> str:
-    return hashlib.sha256(json.dumps(bb.identity(), sort_keys=True).encode()).hexdigest()[:10]
+    return short_hash(bb.identity(), 10)
 
 
 def sweep_splits(cfg: SweepConfig) -> tuple[str, ...]:
@@ -52,7 +52,7 @@ def sweep_keys(cfg: SweepConfig, splits: tuple[str, ...]) -> dict[EntryKey, str]
     backbones = {}
     for task_name, bb, sizes in extraction_needs(cfg):
         if bb not in backbones:
-            backbones[bb] = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint)
+            backbones[bb] = bb.create()
         task = get_task(task_name)
         for split in splits:
             for t in sizes:
@@ -192,8 +192,6 @@ def stream_features(bb: BackboneConfig, data, layers: dict[int, list[str] | None
     """One backbone pass over `data`, a batch at a time: {target size: its `layers` (all when
     None)}. A composite runs each member on the same batches; its layers come qualified, an
     unqualified name read from every member (as `iter_entry` does)."""
-    from head2toe.extract import iter_features
-
     members = bb.members()
     names = [m.name for m in members]
     per_size = {t: member_layers(names, v) for t, v in layers.items()}  # {t: {member: layers}}
@@ -201,7 +199,7 @@ def stream_features(bb: BackboneConfig, data, layers: dict[int, list[str] | None
     for m in members:
         wanted = [per_size[t][m.name] for t in layers]
         union = None if any(w is None for w in wanted) else sorted({n for w in wanted for n in w})
-        backbone = create_backbone(m.name, weights=m.weights, input_size=m.input_size, checkpoint=m.checkpoint, device=device)
+        backbone = m.create(device=device)
         runs.append(iter_features(backbone, data, sorted(layers), batch_size=bb.batch_size, layers=union))
     for batches in zip(*runs, strict=True):
         out = {}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ray import tune
 
-from head2toe.backbones import create_backbone
 from head2toe.cache import open_cache
 from head2toe.image_methods.config import TrainConfig
 from head2toe.image_methods.run import run_image_method
@@ -53,7 +52,7 @@ def image_trial(trial: ImageRun, cache_uri: str | None, train_config: dict) -> N
 
     provider = None
     if spec.method == "head2toe_ft":
-        backbone = create_backbone(bb.name, weights=bb.weights, input_size=bb.input_size, checkpoint=bb.checkpoint)
+        backbone = bb.create()
         provider = FeatureProvider(backbone, store=open_cache(cache_uri), progress=False)
     start = time.perf_counter()
     out = run_image_method(

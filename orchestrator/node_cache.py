@@ -11,7 +11,6 @@ storage through Arrow in every trial. `H2T_NODE_CACHE` is the node-local folder 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from head2toe.cache import FeatureCache, open_cache
+from head2toe.hashing import short_hash
 
 MODE_ENV, DIR_ENV = "H2T_NODE_COPY", "H2T_NODE_CACHE"
 MODES = ("auto", "always", "never")
@@ -43,7 +43,7 @@ def node_dir(cache_uri: str) -> Path:
     """The node-local folder that mirrors `cache_uri` (one per node, even when several Ray
     nodes share a machine, as in tests)."""
     root = Path(os.environ.get(DIR_ENV) or Path(tempfile.gettempdir()) / "h2t-node-cache")
-    return root / node_id() / hashlib.sha256(cache_uri.encode()).hexdigest()[:12]
+    return root / node_id() / short_hash(cache_uri, 12)
 
 
 def copy_mode() -> str:

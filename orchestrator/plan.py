@@ -13,11 +13,10 @@ carries only the trial's index; the trials themselves reach workers as these obj
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, replace
 from typing import Union
 
+from head2toe.hashing import short_hash
 from head2toe.image_methods.config import ImageHParams
 from head2toe.methods import METHODS, HParams
 from orchestrator.config import BackboneConfig, SweepConfig
@@ -39,7 +38,7 @@ class _Spec:
             "stage": self.stage, "task": self.task, "backbone": self.backbone.identity(), "method": self.method,
             "seed": self.seed, "fold": FINAL_FOLD if self.fold is None else self.fold, "hp": hp,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return short_hash(body, 20)
 
     def _name(self, suffix: str) -> str:
         fold = "test" if self.fold is None else f"f{self.fold}"

@@ -12,7 +12,6 @@ experiment (the `--resume`) writes them first, so nothing that finished is lost 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from head2toe.errors import H2TError
+from head2toe.hashing import short_hash
 from orchestrator.plan import FINAL_FOLD, TrialSpec
 
 KIND, STAGE, SWEEP, KEY, CACHE, COMMIT = "h2t.kind", "h2t.stage", "h2t.sweep_id", "h2t.trial_key", "h2t.cache_key", "h2t.git_commit"
@@ -144,7 +144,7 @@ class RetryingClient:
 
 def journal_path(uri: str, experiment: str) -> Path:
     root = Path(os.environ.get(JOURNAL_ENV) or "~/.cache/h2t/tracking-journal").expanduser()
-    return root / f"{hashlib.sha256(f'{uri}|{experiment}'.encode()).hexdigest()[:16]}.jsonl"
+    return root / f"{short_hash(f'{uri}|{experiment}', 16)}.jsonl"
 
 
 class Tracker:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from head2toe.backbones import create_backbone
+from head2toe.backbones import check_backbone, create_backbone
 from head2toe.errors import H2TError
 from head2toe.pooling import pooled_size
 from head2toe.preprocess import to_input
@@ -102,9 +102,15 @@ def test_checkpoint_file_is_loaded(tmp_path):
     assert b.weights_digest != src.weights_digest
 
 
-def test_unknown_backbone():
-    with pytest.raises(H2TError, match="unknown backbone 'nope'"):
+def test_unknown_backbone_weights_and_taps_in_the_registry_words():
+    with pytest.raises(H2TError, match=r"^unknown backbone 'nope'; choose one of: efficientnet_lite0, .*vit_b16 "
+                                       r"\(see `h2t backbones`\) or any timm model name$"):
         create_backbone("nope")
+    with pytest.raises(H2TError, match=r"^unknown weights 'imagenet'; choose one of: pretrained, random$"):
+        create_backbone("efficientnet_lite0", weights="imagenet")
+    with pytest.raises(H2TError, match=r"^unknown backbone 'efficientnet_lite9' \(did you mean 'efficientnet_lite2'\?\)"):
+        check_backbone("efficientnet_lite0+efficientnet_lite9")  # a composite's member
+    assert check_backbone("resnet18") == "resnet18"  # any timm name
 
 
 def test_preprocess_mixed_sizes_and_grey():

@@ -111,9 +111,9 @@ def make_folder(tmp_path: Path, case: str) -> tuple[str, str]:
 # -- h2t run -----------------------------------------------------------------------------------
 
 RUN_CASES = {
-    "unknown_task": (["--task", "no_such_task"], ["unknown task 'no_such_task'", "h2t tasks"]),
-    "unknown_backbone": (["--task", "faces", "--backbone", "no_such_net"], ["unknown backbone 'no_such_net'"]),
-    "unknown_method": (["--task", "faces", "--method", "no_such_method"], ["unknown method 'no_such_method'", "head2toe"]),
+    "unknown_task": (["--task", "no_such_task"], ["unknown task 'no_such_task'", "choose one of: ", "faces", "h2t tasks"]),
+    "unknown_backbone": (["--task", "faces", "--backbone", "no_such_net"], ["unknown backbone 'no_such_net'", "choose one of: efficientnet_lite0"]),
+    "unknown_method": (["--task", "faces", "--method", "no_such_method"], ["unknown method 'no_such_method'", "choose one of: linear", "head2toe_ft"]),
     "lr_zero": (["--task", "faces", "--lr", "0"], ["--lr must be > 0"]),
     "lr_negative": (["--task", "faces", "--lr", "-0.1"], ["--lr must be > 0"]),
     "steps_zero": (["--task", "faces", "--steps", "0"], ["--steps must be > 0"]),
@@ -201,18 +201,18 @@ def _grid(**changes) -> dict:
 
 
 SWEEP_CASES = {
-    "unknown_task": (_with(tasks=["faces", "no_such_task"]), ["tasks", "unknown task(s) ['no_such_task']"]),
-    "unknown_backbone": (_with(backbones=["no_such_net"]), ["backbones.0.name", "unknown backbone 'no_such_net'"]),
-    "unknown_method": (_with(methods={"no_such_method": {"lr": [0.1], "steps": [5]}}), ["unknown method 'no_such_method'"]),
+    "unknown_task": (_with(tasks=["faces", "no_such_task"]), ["tasks", "unknown task 'no_such_task'", "choose one of: ", "faces", "imagefolder:PATH"]),
+    "unknown_backbone": (_with(backbones=["no_such_net"]), ["backbones.0.name", "unknown backbone 'no_such_net'", "choose one of: efficientnet_lite0", "any timm model name"]),
+    "unknown_method": (_with(methods={"no_such_method": {"lr": [0.1], "steps": [5]}}), ["methods", "unknown method 'no_such_method'", "choose one of: linear", "finetune"]),
     "lr_zero": (_grid(lr=[0.1, 0.0]), ["methods.head2toe.lr", "must be > 0", "[0.0]"]),
-    "steps_zero": (_grid(steps=[0]), ["methods.head2toe.steps", "positive integers", "[0]"]),
+    "steps_zero": (_grid(steps=[0]), ["methods.head2toe.steps", "must be > 0 and <= 100000, got [0]"]),
     "keep_fraction_zero": (_grid(keep_fractions=[0.0]), ["methods.head2toe.keep_fractions", "(0, 1]"]),
     "keep_fraction_above_one": (_grid(keep_fractions=[0.1, 1.5]), ["methods.head2toe.keep_fractions", "(0, 1]", "[1.5]"]),
-    "target_size_zero": (_grid(target_size=[0]), ["methods.head2toe.target_size", "positive integers"]),
+    "target_size_zero": (_grid(target_size=[0]), ["methods.head2toe.target_size", "must be > 0, got [0]"]),
     "unknown_field": (_with(foldz=[0]), ["foldz", "Extra inputs are not permitted"]),
     "lr_huge": (_grid(lr=[0.1, 1e308]), ["methods.head2toe.lr", "must be > 0 and <= 10", "[1e+308]"]),
     "steps_huge": (_grid(steps=[10_000_000_000]), ["methods.head2toe.steps", "<= 100000", "[10000000000]"]),
-    "seed_beyond_64_bits": (_with(seeds=[0, 2**64]), ["seeds", f"seeds must lie in 0..{2**63 - 1}", str(2**64)]),
+    "seed_beyond_64_bits": (_with(seeds=[0, 2**64]), ["seeds", f"must be in 0..{2**63 - 1}, got [{2**64}]"]),
     "input_size_zero": (_with(backbones=[{"name": "efficientnet_lite0", "input_size": 0}]), ["backbones.0.input_size", "greater than 0"]),
 }
 

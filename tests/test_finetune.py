@@ -41,7 +41,7 @@ def test_image_methods_are_registered_beside_feature_methods():
     ("head2toe_ft", {**H2T_FT, "steps": 2}, None),
 ])
 def test_each_method_trains_and_reports_feature_method_fields(method, hp, fold):
-    r = get_method(method).run("faces", "efficientnet_lite0", hp, seed=0, fold=fold, config=SMALL, input_size=32, device="cpu")
+    r = run_image_method("faces", "efficientnet_lite0", method, hp, seed=0, fold=fold, config=SMALL, input_size=32, device="cpu")
     acc = r["val_accuracy"] if fold is not None else r["test_accuracy"]
     assert 0 <= acc <= 1 and np.isfinite(r["train_loss"]) and r["wall_time_s"] > 0
     n_eval = 20 if fold is not None else 100

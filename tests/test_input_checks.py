@@ -163,3 +163,51 @@ def test_held_trial_writes_are_replayed_once(tmp_path, monkeypatch):
     (run,) = again.trial_runs("sweep-1")
     assert run.info.status == "FINISHED" and run.data.metrics["val_accuracy"] == 0.75 and run.info.run_id == ids[ops[0]["h"]]
     assert Tracker(uri, "h2t-journal").replayed == 0
+
+
+@pytest.mark.parametrize("field,value", [("lr", 0.0), ("lr", 11.0), ("lr", float("nan")), ("steps", 0), ("steps", 10**6),
+                                         ("coef", -1e-3), ("target_size", 0), ("keep_fraction", 1.5)])
+def test_one_rule_per_setting_for_library_config_and_cli(field, value):
+    """HParams, ImageHParams, the sweep YAML and the `h2t run` flag refuse the same value in the
+    same words (head2toe.limits), each naming where it came from."""
+    import argparse
+    import re
+
+    from pydantic import ValidationError
+
+    from head2toe.image_methods import ImageHParams
+    from head2toe.limits import COEF, KEEP_FRACTION, LR, STEPS, TARGET_SIZE
+    from head2toe.methods import HParams
+    from jobs.common import fraction, learning_rate, non_negative, step_count, target_size
+    from orchestrator.config import MethodGrid
+
+    rule = {"lr": LR, "steps": STEPS, "coef": COEF, "target_size": TARGET_SIZE, "keep_fraction": KEEP_FRACTION}[field]
+    flag = {"lr": learning_rate, "steps": step_count, "coef": non_negative, "target_size": target_size,
+            "keep_fraction": fraction}[field]
+    point = {"lr": 0.1, "steps": 5, "coef": 0.0, "target_size": 16}
+    line = re.escape(f"{field} must be {rule.accepted}, got {value!r}")
+    feature = {**point, "keep_fractions": (value,)} if field == "keep_fraction" else {**point, field: value}
+    with pytest.raises(H2TError, match=f"^{line}$"):
+        HParams(**feature)
+    with pytest.raises(H2TError, match=f"^{line}$"):
+        ImageHParams(**{**point, field: value})
+    grid = {k: [v] for k, v in point.items()} | ({"keep_fractions": [value]} if field == "keep_fraction" else {field: [value]})
+    with pytest.raises(ValidationError, match=re.escape(f"must be {rule.accepted}, got [{value!r}]")):
+        MethodGrid(**grid)
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"--{field.replace('_', '-')} must be {rule.accepted}, got ")):
+        flag(str(value))
+    assert rule.ok({"lr": 0.1, "steps": 5, "coef": 0.0, "target_size": 16, "keep_fraction": 0.5}[field])
+
+
+def test_folds_and_weights_have_one_source():
+    from head2toe.backbones import WEIGHTS
+    from head2toe.protocol import FOLDS, N_FOLDS, check_fold, cv_folds
+    from orchestrator.config import BackboneConfig, SweepConfig
+
+    assert FOLDS == tuple(range(N_FOLDS)) and len(cv_folds(1000)) == N_FOLDS
+    assert SweepConfig.model_fields["folds"].default == list(FOLDS)
+    with pytest.raises(H2TError, match=rf"^fold must be in 0..{N_FOLDS - 1}, got {N_FOLDS}$"):
+        check_fold(N_FOLDS)
+    assert BackboneConfig(name="efficientnet_lite0").weights == WEIGHTS[0] == "pretrained"
+    with pytest.raises(ValueError, match="unknown weights 'imagenet'; choose one of: pretrained, random"):
+        BackboneConfig(name="efficientnet_lite0", weights="imagenet")

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from head2toe.errors import H2TError
-from head2toe.tasks import get_task, task_names
+from head2toe.tasks import TASKS, get_task, task_names
 
 OFFLINE = {"synth_dsprites_loc": 16, "synth_dsprites_ori": 16, "synth_clevr_count": 8, "digits": 10, "faces": 2}
 
@@ -70,3 +70,38 @@ def test_imagefolder_refuses_bad_folders(tmp_path, case, match):
     path = tmp_path / "nope" if case == "missing" else tmp_path
     with pytest.raises(H2TError, match=match):
         get_task(f"imagefolder:{path}")
+
+
+def test_one_registry_error_for_every_kind():
+    """Tasks, backbones, methods: the same one line, with the closest name offered."""
+    from head2toe.backbones import BACKBONES, get_spec
+    from head2toe.methods import METHODS, get_method
+    from head2toe.registry import Registry, UnknownName
+
+    for lookup, name, close in [(get_task, "dsprites_lok", "dsprites_loc"), (get_spec, "resnet5", "resnet50"),
+                                (get_method, "head2to", "head2toe")]:
+        with pytest.raises(UnknownName) as e:
+            lookup(name)
+        kind = {get_task: "task", get_spec: "backbone", get_method: "method"}[lookup]
+        assert str(e.value).startswith(f"unknown {kind} {name!r} (did you mean {close!r}?); choose one of: ")
+        assert isinstance(e.value, H2TError) and isinstance(e.value, KeyError)
+    assert "(did you mean" not in str(TASKS.unknown("zzz"))
+    assert "finetune" in str(pytest.raises(H2TError, get_method, "nope").value)  # both kinds listed
+    assert "resnet50" in BACKBONES and "nope" not in METHODS and set(task_names()) >= set(OFFLINE)
+    reg = Registry("thing")
+    reg.register("a", 1)
+    with pytest.raises(ValueError, match="thing 'a' is already registered"):
+        reg.register("a", 2)
+    assert dict(reg) == {"a": 1} and reg.get("b") is None  # a Mapping: .get and `in` do not raise
+
+
+def test_imagefolder_prefix_is_parsed_by_the_factory(tmp_path):
+    from head2toe.tasks import PREFIXES, check_task
+    from head2toe.tasks.imagefolder import ImageFolderTask
+
+    assert PREFIXES == {"imagefolder": ImageFolderTask}
+    with pytest.raises(H2TError, match="not found|does not exist|no such"):
+        check_task(f"imagefolder:{tmp_path / 'missing'}")
+    assert check_task("faces") == "faces"
+    with pytest.raises(H2TError, match="unknown task 'imagefolders:x'"):
+        check_task("imagefolders:x")  # a prefix only when it is one

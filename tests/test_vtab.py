@@ -287,3 +287,23 @@ def test_vtab_prepare_dry_run_reports_state(mock_dir, tmp_path, capsys, monkeypa
     assert len(capsys.readouterr().out.splitlines()) == 16  # datasets behind the 19 tasks, all missing
     with pytest.raises(H2TError, match="unknown VTAB task"):
         main(p.parse_args(["--tasks", "clevr", "--dry-run"]))
+
+
+def test_catalog_reads_groups_and_classes_from_the_task_registry_and_names_only_registered_tasks():
+    """analysis.catalog keeps only the paper's labels and order; what a task is comes from the
+    registry, and every task the published tables (and the cost table) name is registered."""
+    from analysis.catalog import VTAB_GROUPS, VTAB_TASKS, num_classes, task_group
+    from analysis.published import published_cost, published_table
+    from head2toe.tasks import TASKS
+
+    assert set(VTAB_TASKS) == set(SPECS) and set(VTAB_TASKS) <= set(TASKS)
+    assert VTAB_GROUPS == tuple(GROUPS)
+    for name in VTAB_TASKS:
+        task = get_task(name)
+        assert (task_group(name), num_classes(name)) == (task.group, task.num_classes) == (SPECS[name].group, CLASSES[name])
+    for backbone in ("resnet50", "vit_b16"):
+        named = [c for c in published_table(backbone).columns if c != "mean (%)" and not c.lower().startswith("mean")]
+        assert named == list(VTAB_TASKS)  # the paper's order, every one registered
+    cost = published_cost().set_index("task").drop(index="average")
+    assert set(cost.index) <= set(TASKS)
+    assert {t: num_classes(t) for t in cost.index} == cost["num_classes"].astype(int).to_dict()

@@ -1,11 +1,9 @@
 """Cache keys: a digest of exactly what decides a split's features (and the format version)."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 from head2toe.backbones import Backbone
 from head2toe.cache.format import FORMAT_VERSION
+from head2toe.hashing import short_hash
 from head2toe.tasks.base import Task
 
 
@@ -21,5 +19,4 @@ def feature_key(task: Task, split: str, backbone: Backbone, target_size: int, dt
         "target_size": int(target_size),
         "dtype": dtype,
     }
-    blob = json.dumps(ident, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+    return short_hash(ident, 24)

@@ -6,13 +6,30 @@ are a fine-tuning recipe ("vtab" or "reference"), the same for every trial of a 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Mapping
 
 from head2toe.errors import H2TError
-from head2toe.methods import IMAGE_METHODS
+from head2toe.hparams import check_point
+from head2toe.registry import Registry
 
+
+@dataclass(frozen=True)
+class ImageMethod:
+    """A method that trains the backbone itself, so it reads images, not the feature cache;
+    `head2toe.image_methods.run_image_method` runs it by name."""
+
+    name: str
+    description: str = ""
+
+
+IMAGE_METHODS: Registry[ImageMethod] = Registry("image method")
+for _m in [
+    ImageMethod("finetune", "pretrained backbone + new linear head, all weights trained"),
+    ImageMethod("scratch", "same network from a random init"),
+    ImageMethod("head2toe_ft", "Head2Toe-selected features as the head's input, backbone trained end to end"),
+]:
+    IMAGE_METHODS.register(_m.name, _m)
 METHOD_NAMES = tuple(IMAGE_METHODS)
 BN_MODES = ("train", "frozen")
 
@@ -30,16 +47,7 @@ class ImageHParams:
     keep_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise H2TError(f"lr must be > 0, got {self.lr!r}")
-        if int(self.steps) != self.steps or self.steps <= 0:
-            raise H2TError(f"steps must be a positive integer, got {self.steps!r}")
-        if not (self.coef >= 0 and math.isfinite(self.coef)):
-            raise H2TError(f"coef must be >= 0, got {self.coef!r}")
-        if self.target_size is not None and (int(self.target_size) != self.target_size or self.target_size <= 0):
-            raise H2TError(f"target_size must be a positive integer, got {self.target_size!r}")
-        if self.keep_fraction is not None and not 0 < self.keep_fraction <= 1:
-            raise H2TError(f"keep_fraction must be in (0, 1], got {self.keep_fraction!r}")
+        check_point(self.lr, self.steps, self.coef, self.target_size, () if self.keep_fraction is None else (self.keep_fraction,))
 
     @classmethod
     def from_any(cls, hp: "ImageHParams | Mapping") -> "ImageHParams":

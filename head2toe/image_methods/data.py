@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from head2toe.errors import H2TError
 from head2toe.preprocess import batches, to_input
+from head2toe.registry import check_choice
 
 AUGMENT_POLICIES = ("none", "crop", "flip", "crop_flip")
 CROP_AREA = (0.75, 1.0)  # "light": a random crop of 75-100% of the area, resized back
@@ -38,9 +38,7 @@ def policy_for(task_name: str) -> str:
 
 
 def check_policy(policy: str) -> str:
-    if policy not in AUGMENT_POLICIES:
-        raise H2TError(f"unknown augmentation {policy!r}; choose one of {AUGMENT_POLICIES}")
-    return policy
+    return check_choice("augmentation", policy, AUGMENT_POLICIES)
 
 
 def to_uint8(images: Sequence[np.ndarray] | np.ndarray, size: int, chunk: int = 256) -> torch.Tensor:

@@ -21,13 +21,13 @@ import torch
 
 from head2toe.backbones import Backbone, create_backbone
 from head2toe.errors import H2TError
-from head2toe.image_methods.config import METHOD_NAMES, ImageHParams, TrainConfig
+from head2toe.image_methods.config import IMAGE_METHODS, ImageHParams, TrainConfig
 from head2toe.image_methods.data import check_policy, policy_for, to_uint8
 from head2toe.image_methods.models import KeptFeaturesNet, PreLogitsNet
 from head2toe.image_methods.trainer import Checkpointer, OnCheckpoint, predict, train
 from head2toe.preprocess import batches
 from head2toe.probe import ProbeConfig, train_probes
-from head2toe.protocol import N_FOLDS, choose_best, cv_folds
+from head2toe.protocol import FOLDS, check_fold, choose_best, cv_folds
 from head2toe.provider import FeatureProvider
 from head2toe.selection import select_features
 from head2toe.tasks import ImageSplit, Task, get_task
@@ -103,8 +103,7 @@ def _rows(task: Task, fold: int | None) -> _Rows:
     if fold is None:
         train_split, test = task.load("train"), task.load("test")
         return _Rows("train", train_split, np.arange(len(train_split)), test.images, np.asarray(test.labels))
-    if not 0 <= fold < N_FOLDS:
-        raise H2TError(f"fold must be 0..{N_FOLDS - 1}, got {fold!r}")
+    check_fold(fold)
     train_split = task.load(task.cv_split)
     rows, val = cv_folds(len(train_split))[fold]
     return _Rows(task.cv_split, train_split, rows, _take(train_split.images, val), np.asarray(train_split.labels[val]))
@@ -170,8 +169,7 @@ def run_image_method(
     `provider` (head2toe_ft) supplies cached features of the same pretrained backbone.
     """
     start_time = time.perf_counter()
-    if method not in METHOD_NAMES:
-        raise H2TError(f"unknown image method {method!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    method = IMAGE_METHODS[method].name  # an unknown name is refused here
     hp = ImageHParams.from_any(hp)
     hp.check_for(method)
     cfg = config or TrainConfig()
@@ -227,7 +225,7 @@ def run_image_protocol(task: Task | str, backbone_name: str, method: str, grid: 
     (one feature provider serves every head2toe_ft selection, so extraction happens once);
     a `checkpoint_dir` gets one sub-folder per trial."""
     start = time.perf_counter()
-    folds = [fold] if fold is not None else (range(5) if len(grid) > 1 else [])
+    folds = [fold] if fold is not None else (FOLDS if len(grid) > 1 else [])
     root = kwargs.pop("checkpoint_dir", None)
 
     def trial_dir(hp: ImageHParams, k: int | None) -> Path | None:

@@ -1,6 +1,7 @@
-"""Task registry: offline tasks (no download), VTAB-1k through tfds, and `imagefolder:PATH`."""
-from head2toe.tasks import offline as _offline  # noqa: F401  (registers the offline tasks)
-from head2toe.tasks import vtab as _vtab  # noqa: F401  (registers the 19 VTAB-1k tasks)
-from head2toe.tasks.base import SPLITS, ImageSplit, Task, get_task, register_task, task_names
+"""Tasks: offline tasks (no download), VTAB-1k through tfds, and `imagefolder:PATH`.
 
-__all__ = ["SPLITS", "ImageSplit", "Task", "get_task", "register_task", "task_names"]
+`get_task(name)` is the factory; `TASKS` the registry (`register_task` adds one)."""
+from head2toe.tasks.base import SPLITS, TASKS, ImageSplit, Task, register_task
+from head2toe.tasks.factory import PREFIXES, check_task, get_task, task_names
+
+__all__ = ["PREFIXES", "SPLITS", "TASKS", "check_task", "ImageSplit", "Task", "get_task", "register_task", "task_names"]

@@ -1,19 +1,18 @@
-"""The task interface and registry: a task yields labelled images for `train` and `test`.
+"""The task interface and its registry: a task yields labelled images for `train` and `test`.
 
 `train` is the set that cross-validation cuts into folds (VTAB's train800val200: 1000
 images); `test` is scored once, by the final run.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-from head2toe.errors import H2TError
+from head2toe.hashing import short_hash
+from head2toe.registry import Registry, check_choice
 
 SPLITS = ("train", "test")
 
@@ -59,8 +58,7 @@ class Task(ABC):
         return {"name": self.name, "num_classes": self.num_classes, "sizes": self.split_sizes()}
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.definition(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return short_hash(self.definition(), 16)
 
     def available(self) -> bool:
         """Whether the data is present locally (offline tasks always are)."""
@@ -78,32 +76,13 @@ class Task(ABC):
         }
 
     def _check_split(self, split: str) -> None:
-        if split not in SPLITS:
-            raise H2TError(f"unknown split {split!r} for task {self.name!r}; use one of {SPLITS}")
+        check_choice("split", split, SPLITS, f" (task {self.name!r})")
 
 
-_REGISTRY: dict[str, Callable[[], Task]] = {}
+TASKS: Registry[Callable[[], Task]] = Registry(
+    "task", hint=" (see `h2t tasks`), or imagefolder:PATH for your own images")
 
 
 def register_task(name: str, factory: Callable[[], Task]) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"task {name!r} is already registered")
-    _REGISTRY[name] = factory
-
-
-def task_names() -> list[str]:
-    return list(_REGISTRY)
-
-
-def get_task(name: str) -> Task:
-    """A registered task, or `imagefolder:PATH` for a user's own folder of images."""
-    if name.startswith("imagefolder:"):
-        from head2toe.tasks.imagefolder import ImageFolderTask
-
-        return ImageFolderTask(name.split(":", 1)[1])
-    if name not in _REGISTRY:
-        raise H2TError(
-            f"unknown task {name!r}; choose one of: {', '.join(_REGISTRY)} (see `h2t tasks`), "
-            "or imagefolder:PATH for your own images"
-        )
-    return _REGISTRY[name]()
+    """Register a task under `name`; `factory` builds it (cheaply: images load on `load`)."""
+    TASKS.register(name, factory)

@@ -7,6 +7,7 @@ images; the generator version is part of the task definition (and so of the cach
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
@@ -145,20 +146,19 @@ def _shuffled_split(images: np.ndarray, labels: np.ndarray, n_train: int, seed: 
     return {"train": ImageSplit(images[tr], labels[tr]), "test": ImageSplit(images[te], labels[te])}
 
 
-class Digits(Task):
-    """scikit-learn's 8x8 handwritten digits (1797): 1000 train, 797 test."""
+class Preloaded(Task):
+    """A small offline data set, loaded whole once (`splits()`, cached) and cut into train and test."""
 
-    name = "digits"
-    group = "Offline"
-    num_classes = 10
-    description = "scikit-learn digits, 8x8 grey, 10 classes"
+    def __init__(self, name: str, num_classes: int, sizes: dict[str, int], splits: Callable[[], dict[str, ImageSplit]],
+                 description: str) -> None:
+        self.name, self.num_classes, self.sizes, self.splits, self.description = name, num_classes, sizes, splits, description
 
     def split_sizes(self) -> dict[str, int]:
-        return {"train": 1000, "test": 797}
+        return dict(self.sizes)
 
     def load(self, split: str) -> ImageSplit:
         self._check_split(split)
-        return _digits()[split]
+        return self.splits()[split]
 
 
 @lru_cache(maxsize=1)
@@ -168,22 +168,6 @@ def _digits() -> dict[str, ImageSplit]:
     d = load_digits()
     grey = (d.images / 16.0 * 255).astype(np.uint8)
     return _shuffled_split(np.repeat(grey[..., None], 3, axis=3), d.target, 1000, seed=0)
-
-
-class Faces(Task):
-    """scikit-image's LFW subset: 100 faces vs 100 non-faces, 25x25 grey; 100 train, 100 test."""
-
-    name = "faces"
-    group = "Offline"
-    num_classes = 2
-    description = "scikit-image lfw_subset, face vs non-face"
-
-    def split_sizes(self) -> dict[str, int]:
-        return {"train": 100, "test": 100}
-
-    def load(self, split: str) -> ImageSplit:
-        self._check_split(split)
-        return _faces()[split]
 
 
 @lru_cache(maxsize=1)
@@ -199,5 +183,9 @@ def _faces() -> dict[str, ImageSplit]:
 register_task("synth_dsprites_loc", lambda: SynthDSprites("synth_dsprites_loc", "x_position"))
 register_task("synth_dsprites_ori", lambda: SynthDSprites("synth_dsprites_ori", "orientation"))
 register_task("synth_clevr_count", SynthClevrCount)
-register_task("digits", Digits)
-register_task("faces", Faces)
+# scikit-learn's 8x8 handwritten digits (1797): 1000 train, 797 test
+register_task("digits", lambda: Preloaded("digits", 10, {"train": 1000, "test": 797}, _digits,
+                                          "scikit-learn digits, 8x8 grey, 10 classes"))
+# scikit-image's LFW subset: 100 faces vs 100 non-faces, 25x25 grey; 100 train, 100 test
+register_task("faces", lambda: Preloaded("faces", 2, {"train": 100, "test": 100}, _faces,
+                                         "scikit-image lfw_subset, face vs non-face"))

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from head2toe.errors import H2TError
+from head2toe.registry import check_choice
 from head2toe.tasks.base import ImageSplit, Task, register_task
 from head2toe.tasks.tfds_records import LazyRecords
 
@@ -324,8 +325,7 @@ class VtabTask(Task):
         return {k: sum(b - a for _, a, b in parse_split(s, counts)) for k, s in self._rules(counts).items()}
 
     def _check_split(self, split: str) -> None:
-        if split not in VTAB_SPLITS:
-            raise H2TError(f"unknown split {split!r} for task {self.name!r}; use one of {VTAB_SPLITS}")
+        check_choice("split", split, VTAB_SPLITS, f" (task {self.name!r})")
 
     def definition(self) -> dict:
         ds = self.spec.dataset
