@@ -166,6 +166,9 @@ class SweepConfig(_Strict):
     # cache: extraction writes test features too; stream: never stored, the final trial of each
     # (task, backbone) runs the backbone over the test images once with every final head attached
     test_features: Literal["cache", "stream"] = "stream"
+    # run: every method gets CV trials; skip: a method whose grid has one candidate goes straight
+    # to its final trial (CV could only choose that candidate; its runs carry no cv_accuracy)
+    cv_single_candidate: Literal["run", "skip"] = "run"
     image_training: dict[str, Any] = Field(default_factory=dict)  # head2toe.image_methods.TrainConfig fields
     tracking_uri: str | None = None
     cache: str | None = None
@@ -249,7 +252,8 @@ class SweepConfig(_Strict):
     def sweep_id(self) -> str:
         """Stable id of what this sweep computes (not where it logs): resuming finds its runs."""
         body = self.model_dump(exclude={"tracking_uri", "cache", "data_dir", "max_concurrent_trials", "resources", "expected", "max_failures",
-                                             "test_features", "extract_shard_bytes"})  # how features are stored: same results
+                                             "test_features", "extract_shard_bytes",
+                                             "cv_single_candidate"})  # how features are stored: same results
         return short_hash(body, 12)
 
 

@@ -164,12 +164,42 @@ class ImageRun:
 TuneTrial = Union[FoldTrial, FinalGroup, ImageRun]
 
 
+def single_candidates(cfg: SweepConfig) -> dict[tuple[str, str, str], dict]:
+    """With `cv_single_candidate: skip`, the methods whose grid holds one candidate (one hp and
+    at most one keep fraction; one image grid point) need no CV: it could only choose that
+    candidate. Returns `choose_best`-shaped choices per (task, backbone, method), without a
+    CV accuracy."""
+    if cfg.cv_single_candidate != "skip":
+        return {}
+    chosen: dict[str, dict] = {}
+    for method, grid in cfg.feature_grids().items():
+        hps = grid.hparams()
+        if len(hps) == 1 and len(hps[0].keep_fractions) <= 1:
+            hp = hps[0]
+            chosen[method] = {"lr": hp.lr, "steps": hp.steps, "coef": hp.coef, "target_size": hp.target_size,
+                              "keep_fraction": hp.keep_fractions[0] if hp.keep_fractions else None}
+    for method, points in cfg.image_grids().items():
+        if len(points) == 1:
+            chosen[method] = points[0].as_dict()
+    return {(task, bb.name, method): {**c, "mean_accuracy": None, "n_folds": 0}
+            for task in cfg.tasks for bb in cfg.backbones for method, c in chosen.items()}
+
+
+def _cv_methods(cfg: SweepConfig) -> set[str]:
+    """Methods that get CV trials (all but the single candidates `single_candidates` skips)."""
+    skipped = {method for _, _, method in single_candidates(cfg)}
+    return set(cfg.methods) - skipped
+
+
 def cv_specs(cfg: SweepConfig) -> list[FeatureTrial]:
     """Every CV trial; hps that share a target size are batched unless batch_hparams is off."""
     specs: list[FeatureTrial] = []
+    cv_methods = _cv_methods(cfg)
     for task in cfg.tasks:
         for bb in cfg.backbones:
             for method, grid in cfg.feature_grids().items():
+                if method not in cv_methods:
+                    continue
                 groups: dict[int, list[HParams]] = {}
                 for hp in grid.hparams():
                     groups.setdefault(hp.target_size, []).append(hp)
@@ -183,10 +213,11 @@ def cv_specs(cfg: SweepConfig) -> list[FeatureTrial]:
 
 def image_cv_specs(cfg: SweepConfig) -> list[ImageTrial]:
     """One trial per task x backbone x image method x seed x fold x grid point."""
+    cv_methods = _cv_methods(cfg)
     return [
         ImageTrial("cv", task, bb, method, seed, fold, hp)
         for task in cfg.tasks for bb in cfg.backbones for method, points in cfg.image_grids().items()
-        for seed in cfg.cv_seeds for fold in cfg.folds for hp in points
+        if method in cv_methods for seed in cfg.cv_seeds for fold in cfg.folds for hp in points
     ]
 
 

@@ -32,7 +32,8 @@ from head2toe.tasks import get_task
 from orchestrator.config import SweepConfig
 from orchestrator.extraction import extract_for_sweep
 from orchestrator.features import backbone_id, check_entry, sweep_keys, sweep_splits
-from orchestrator.plan import FeatureTrial, FinalGroup, FoldTrial, ImageRun, TrialSpec, TuneTrial, cv_specs, final_specs, image_cv_specs
+from orchestrator.plan import FeatureTrial, FinalGroup, FoldTrial, ImageRun, TrialSpec, TuneTrial, cv_specs, final_specs, image_cv_specs,
+                              single_candidates
 from orchestrator.record import TrialRecord
 from orchestrator.tracking import Tracker
 from orchestrator.trainable import run_trial
@@ -237,7 +238,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
         stage = tracker.stage_run(sweep_id, parent, "cv")
         counts["cv"], _ = _run_stage(cfg, todo_cv, tracker, sweep_id, stage, keys, out_dir, {})
         tracker.end(stage)
-        best = {k: choose_best(rows) for k, rows in cv_rows(tracker, sweep_id).items()}
+        best = {**single_candidates(cfg), **{k: choose_best(rows) for k, rows in cv_rows(tracker, sweep_id).items()}}
         finals = final_specs(cfg, best)
         extra = {s.name(): {"cv_accuracy": best[(s.task, s.backbone.name, s.method)]["mean_accuracy"]} for s in finals}
         todo_final = [s for s in (x.without(finished) for x in finals) if s is not None]

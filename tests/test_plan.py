@@ -25,7 +25,7 @@ from head2toe.pooling import pooled_size
 from head2toe.tasks import get_task
 from orchestrator.capacity import ASSUMPTIONS, check_fits, plan_capacity
 from orchestrator.config import Resources, SweepConfig, load_config, parse_bytes
-from orchestrator.plan import FeatureTrial, ImageTrial, cv_specs, final_specs, image_cv_specs
+from orchestrator.plan import FeatureTrial, ImageTrial, cv_specs, final_specs, image_cv_specs, single_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,3 +191,27 @@ def test_final_trial_holds_every_final_head_and_has_its_own_grant():
     suggested = re.search(r"resources\.final_trial\.memory >= (\S+)$", str(refused.value)).group(1)
     check_fits(config(tasks=["faces"], methods=grid, seeds=[0, 1, 2],
                       resources={**tight, "final_trial": {"memory": suggested}}))  # CV trials keep their grant
+
+
+def test_single_candidates_skip_cv_and_go_straight_to_their_final_trial():
+    """`cv_single_candidate: skip`: a one-candidate grid (All-l2,1 here, Scratch) gets no CV
+    trial, and its final trial is that candidate; a grid with a choice still runs CV."""
+    methods = {"linear": {"lr": [0.1, 0.01], "steps": [10], "coef": [0.0], "target_size": [8]},
+               "all_group": {"lr": [0.1], "steps": [10], "coef": [1e-4], "target_size": [8]},
+               "head2toe": {"lr": [0.1], "steps": [10], "coef": [1e-4], "target_size": [8], "keep_fractions": [0.1]},
+               "scratch": {"lr": [0.05], "steps": [5]}}
+    run = config(methods=methods)
+    skip = config(methods=methods, cv_single_candidate="skip")
+    assert {s.method for s in cv_specs(run) + image_cv_specs(run)} == {"linear", "all_group", "head2toe", "scratch"}
+    assert {s.method for s in cv_specs(skip) + image_cv_specs(skip)} == {"linear"}
+    assert run.sweep_id() == skip.sweep_id()  # same finals: a resumed sweep may switch
+    chosen = single_candidates(skip)
+    assert set(chosen) == {(t, "efficientnet_lite0", m) for t in skip.tasks for m in ("all_group", "head2toe", "scratch")}
+    assert single_candidates(run) == {}
+    linear = {(t, "efficientnet_lite0", "linear"): {"lr": 0.01, "steps": 10, "coef": 0.0, "target_size": 8,
+                                                     "keep_fraction": None, "mean_accuracy": 0.5} for t in skip.tasks}
+    finals = final_specs(skip, {**chosen, **linear})
+    by_method = {s.method: s for s in finals if s.task == skip.tasks[0]}
+    assert set(by_method) == {"linear", "all_group", "head2toe", "scratch"}
+    assert by_method["head2toe"].hps[0].keep_fractions == (0.1,) and by_method["all_group"].hps[0].coef == 1e-4
+    assert by_method["scratch"].hp.steps == 5
