@@ -32,8 +32,8 @@ from head2toe.tasks import get_task
 from orchestrator.config import SweepConfig
 from orchestrator.extraction import extract_for_sweep
 from orchestrator.features import backbone_id, check_entry, sweep_keys, sweep_splits
-from orchestrator.plan import FeatureTrial, FinalGroup, FoldTrial, ImageRun, TrialSpec, TuneTrial, cv_specs, final_specs, image_cv_specs,
-                              single_candidates
+from orchestrator.plan import (FeatureTrial, FinalGroup, FoldTrial, ImageRun, TrialSpec, TuneTrial, cv_specs, final_specs,
+                               image_cv_specs, single_candidates)
 from orchestrator.record import TrialRecord
 from orchestrator.tracking import Tracker
 from orchestrator.trainable import run_trial
