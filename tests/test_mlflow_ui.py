@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from head2toe.hparams import HParams
 from orchestrator.config import BackboneConfig
-from orchestrator.plan import TrialSpec
+from orchestrator.plan import FeatureTrial
 from orchestrator.tracking import EXPERIMENT_KIND, TRAINING, Tracker, runs_page
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,8 @@ def server(tmp_path_factory):
 
 
 def trial(tracker: Tracker, parent: str, stage: str, task: str, method: str, seed: int, metrics: dict, ok: bool = True) -> str:
-    spec = TrialSpec(stage, task, BackboneConfig(name=BACKBONE), method, seed, 0 if stage == "cv" else None)
+    spec = FeatureTrial(stage, task, BackboneConfig(name=BACKBONE), method, seed, 0 if stage == "cv" else None,
+                        (HParams(0.1, 10, 0.0, 512),))
     key = f"{stage}-{task}-{method}-{seed}"
     run_id = tracker.open_trial(spec, key, {"lr": 0.1}, "sweep1", parent, "Natural")
     if ok:
