@@ -34,7 +34,7 @@ chromium:
 demo: install
 	$(WITH_ALLOC) $(VENV)/bin/h2t demo --out $(OUT)
 
-# The whole suite (~10 min on 2 cores): what CI runs.
+# The whole suite (~16 min on 2 cores): what CI runs.
 test: install
 	$(WITH_ALLOC) $(PY) -m pytest $(PYTEST_ARGS)
 
