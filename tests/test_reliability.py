@@ -136,7 +136,8 @@ def test_fifty_concurrent_trials_log_to_sqlite_without_lock_errors(local_ray, ca
     so no "database is locked"."""
     from orchestrator.sweep import run_sweep
 
-    grid = {"lr": [0.1, 0.05, 0.02, 0.01, 0.005], "steps": [300, 600], "coef": [0.0], "target_size": [16]}
+    # steps: trials must last long enough to overlap (workers no longer import MLflow: ~4 s shorter)
+    grid = {"lr": [0.1, 0.05, 0.02, 0.01, 0.005], "steps": [3000, 6000], "coef": [0.0], "target_size": [16]}
     cfg = load_config(write_config(tmp_path / "fifty.yaml", seeds=[0], folds=[0, 1, 2, 3, 4], methods={"linear": grid},
                                    batch_hparams=False, resources={"trial": {"cpu": 0.5}}, cache=cache_uri))
     res = run_sweep(cfg, tmp_path / "out")
