@@ -164,11 +164,9 @@ class ImageRun:
 TuneTrial = Union[FoldTrial, FinalGroup, ImageRun]
 
 
-def single_candidates(cfg: SweepConfig) -> dict[tuple[str, str, str], dict]:
+def _single_candidate_choices(cfg: SweepConfig) -> dict[str, dict]:
     """With `cv_single_candidate: skip`, the methods whose grid holds one candidate (one hp and
-    at most one keep fraction; one image grid point) need no CV: it could only choose that
-    candidate. Returns `choose_best`-shaped choices per (task, backbone, method), without a
-    CV accuracy."""
+    at most one keep fraction; one image grid point), each with that candidate."""
     if cfg.cv_single_candidate != "skip":
         return {}
     chosen: dict[str, dict] = {}
@@ -181,14 +179,20 @@ def single_candidates(cfg: SweepConfig) -> dict[tuple[str, str, str], dict]:
     for method, points in cfg.image_grids().items():
         if len(points) == 1:
             chosen[method] = points[0].as_dict()
+    return chosen
+
+
+def single_candidates(cfg: SweepConfig) -> dict[tuple[str, str, str], dict]:
+    """The methods `_single_candidate_choices` names need no CV: it could only choose their one
+    candidate. Returns `choose_best`-shaped choices per (task, backbone, method), without a
+    CV accuracy."""
     return {(task, bb.name, method): {**c, "mean_accuracy": None, "n_folds": 0}
-            for task in cfg.tasks for bb in cfg.backbones for method, c in chosen.items()}
+            for task in cfg.tasks for bb in cfg.backbones for method, c in _single_candidate_choices(cfg).items()}
 
 
 def _cv_methods(cfg: SweepConfig) -> set[str]:
-    """Methods that get CV trials (all but the single candidates `single_candidates` skips)."""
-    skipped = {method for _, _, method in single_candidates(cfg)}
-    return set(cfg.methods) - skipped
+    """Methods that get CV trials (all but the single candidates)."""
+    return set(cfg.methods) - set(_single_candidate_choices(cfg))
 
 
 def cv_specs(cfg: SweepConfig) -> list[FeatureTrial]:
