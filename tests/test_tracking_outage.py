@@ -90,6 +90,12 @@ def kill_after_first_cv_run(server: Server, proc: subprocess.Popen) -> float:
     return server.kill()
 
 
+def reported_trials(out: Path) -> int:
+    """Trial results the driver has received, from the result.json files Tune's JSON logger writes
+    on the driver (one line per report): visible while the tracking server is away."""
+    return sum(len(f.read_text().splitlines()) for f in (out / "tune").glob("*/*/result.json"))
+
+
 def trial_keys(all_runs: list, status: str = "FINISHED") -> Counter:
     return Counter(r.data.tags["h2t.trial_key"] for r in all_runs if r.data.tags.get("h2t.kind") == "trial" and r.info.status == status)
 
@@ -97,9 +103,16 @@ def trial_keys(all_runs: list, status: str = "FINISHED") -> Counter:
 def test_server_gone_for_a_while_then_back(server, tmp_path):
     cfg = write_config(tmp_path / "outage.yaml", **CONFIG)
     journal = tmp_path / "journal"
-    proc = sweep(cfg, tmp_path / "out", server.uri, {"H2T_TRACKING_WAIT_S": "240", "H2T_TRACKING_JOURNAL_DIR": str(journal)})
+    out_dir = tmp_path / "out"
+    proc = sweep(cfg, out_dir, server.uri, {"H2T_TRACKING_WAIT_S": "240", "H2T_TRACKING_JOURNAL_DIR": str(journal)})
     down = kill_after_first_cv_run(server, proc)
-    server.start()  # the outage lasts as long as the server takes to start (20-45 s here)
+    # the server stays away until a trial has reported during the outage (a server that restarts in
+    # a few seconds would otherwise leave nothing to hold), then comes back
+    seen, deadline = reported_trials(out_dir), time.time() + 300
+    while reported_trials(out_dir) <= seen:
+        assert proc.poll() is None and time.time() < deadline, "no trial reported while the server was away: the driver stalled"
+        time.sleep(0.2)
+    server.start()
     up = server.wait()
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
@@ -119,8 +132,8 @@ def test_server_gone_past_the_wait_then_resume(server, tmp_path):
     env = {"H2T_TRACKING_WAIT_S": "3", "H2T_TRACKING_JOURNAL_DIR": str(journal)}
     proc = sweep(cfg, tmp_path / "out", server.uri, env)
     kill_after_first_cv_run(server, proc)
-    server.start()  # comes up long after the 3 s wait
-    out, err = proc.communicate(timeout=600)
+    out, err = proc.communicate(timeout=600)  # the server stays away until the sweep has given up
+    server.start()
     last = err.strip().splitlines()[-1]
     assert proc.returncode == 2, err[-3000:]
     assert last.startswith("h2t: error: tracking server") and "held in" in last and "--resume" in last, last
