@@ -21,7 +21,8 @@ def layers_vs_features(runs: pd.DataFrame) -> pd.DataFrame:
     """Per backbone, task and keep fraction that both head2toe and head2toe_layers were
     cross-validated at: each method's best mean CV accuracy (over lr, steps, coef, target size;
     mean over folds and seeds) and the features it kept. Equal keep fraction = equal budget
-    int(F * f); head2toe_layers may use less of it (whole layers must fit)."""
+    int(F * f): both keep exactly that many features (head2toe_layers: the best layers by mean
+    score, the last one cut at the budget)."""
     kf = keep_fraction_long(runs)
     kf = kf[kf["method"].isin(["head2toe", "head2toe_layers"])]
     cols = ["backbone", "task", "keep_fraction", "features_acc", "layers_acc", "features_kept", "layers_kept"]

@@ -115,7 +115,7 @@ def _affinity_section(tables: dict[str, PaperTable]) -> Section:
 def _layers_section(runs: pd.DataFrame) -> Section:
     lvf = ablations.layers_vs_features(runs)
     section = Section("Layers vs features", tables={"layers_vs_features": lvf}, notes=[
-        "Best CV accuracy of head2toe (select features) and head2toe_layers (select whole layers) at each keep fraction "
+        "Best CV accuracy of head2toe (select features) and head2toe_layers (select layers by mean score, same number of features) at each keep fraction "
         "both were cross-validated at." if not lvf.empty else "Needs CV trials of both head2toe and head2toe_layers at a "
         "common keep fraction (configs/ablation_layers_vs_features.yaml).", ablations.features_vs_layers_summary(lvf)])
     _figures(section, layers_vs_features=plots.layers_vs_features_plot(lvf))

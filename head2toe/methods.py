@@ -179,7 +179,7 @@ for _m in [
     FeatureMethod("all_l1", "l1", description="all layers, L1 penalty, no selection"),
     FeatureMethod("all_group", "group", description="all layers, group-lasso penalty, no selection"),
     FeatureMethod("head2toe", "group", selection="features", description="group-lasso scores, keep top features, retrain"),
-    FeatureMethod("head2toe_layers", "group", selection="layers", description="ablation: keep whole layers, retrain"),
+    FeatureMethod("head2toe_layers", "group", selection="layers", description="ablation: select layers by mean score at the same budget, retrain"),
 ]:
     METHODS.register(_m.name, _m)
 

@@ -33,19 +33,14 @@ def select_features(scores: np.ndarray, widths: dict[str, int], fraction: float)
 
 
 def select_layers(scores: np.ndarray, widths: dict[str, int], fraction: float) -> dict[str, np.ndarray]:
-    """Layer-level ablation: rank layers by mean feature score, keep whole layers until the
-    budget int(F * f) is spent (the first layer is always kept; a layer that would overshoot
-    the budget is skipped in favour of smaller ones that fit)."""
-    budget = n_keep(len(scores), fraction)
-    slices = layer_slices(widths)
-    ranked = sorted(slices, key=lambda name: (-float(scores[slices[name]].mean()), name))
-    kept, used = {}, 0
-    for name in ranked:
-        w = widths[name]
-        if used == 0 or used + w <= budget:
-            kept[name] = np.arange(w)
-            used += w
-    return {name: kept.get(name, np.arange(0)) for name in widths}
+    """Layer-level ablation at the same budget int(F * f) as `select_features`: every feature
+    scores its layer's mean score, then the top features are kept. So the best layers are kept
+    whole and the layer at the budget's edge keeps its first columns, as the authors' code does
+    (`connectivity_l2layer` scores, then top_k: ties go to the lower index)."""
+    layer_scores = np.empty(len(scores))
+    for s in layer_slices(widths).values():
+        layer_scores[s] = scores[s].mean() if s.stop > s.start else 0.0
+    return select_features(layer_scores, widths, fraction)
 
 
 def count_kept(kept: dict[str, np.ndarray]) -> int:

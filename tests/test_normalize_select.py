@@ -51,11 +51,20 @@ def test_selection_counts(fraction, expected):
     assert set(flat) == set(np.argsort(-scores)[:expected])
 
 
-def test_select_layers_keeps_whole_layers_within_budget():
+@pytest.mark.parametrize("fraction,expected", [
+    (0.5, {"a": 0, "b": 20, "c": 10}),  # budget 30: best layer b whole, then c (next by mean) its first 10
+    (0.2, {"a": 0, "b": 12, "c": 0}),  # budget 12: inside the best layer
+    (0.9, {"a": 4, "b": 20, "c": 30}),  # budget 54: b, c whole, then a's first 4
+])
+def test_select_layers_ranks_layers_by_mean_score_at_the_features_budget(fraction, expected):
     widths = {"a": 10, "b": 20, "c": 30}
-    scores = np.concatenate([np.full(10, 0.5), np.full(20, 3.0), np.full(30, 1.0)])
-    kept = select_layers(scores, widths, 0.5)  # budget 30: best layer b (20) then a (10) fits, c does not
-    assert {k: len(v) for k, v in kept.items()} == {"a": 10, "b": 20, "c": 0}
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0, 1, 10), rng.uniform(2, 4, 20), rng.uniform(1, 2, 30)])
+    kept = select_layers(scores, widths, fraction)
+    assert {k: len(v) for k, v in kept.items()} == expected
+    assert count_kept(kept) == n_keep(60, fraction) == count_kept(select_features(scores, widths, fraction))
+    for name, n in expected.items():  # a layer cut at the budget keeps its first columns, not its best
+        assert list(kept[name]) == list(range(n))
 
 
 def test_bad_fraction():
