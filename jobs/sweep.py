@@ -28,6 +28,10 @@ def print_result(res) -> None:
     print(f"\nMLflow: experiment {res.experiment!r} at {res.tracking_uri}")
     if res.tracking_uri.startswith("sqlite:"):
         print(f"  open the UI:  mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1 --port 5000")
+    elif res.tracking_uri.startswith(("http://", "https://")):
+        from orchestrator.tracking import runs_page
+
+        print(f"  runs page:  {runs_page(res.tracking_uri, res.experiment_id)}")
 
 
 def print_expected(cfg: SweepConfig, res) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from head2toe.errors import H2TError
+from head2toe.registry import check_choice
 from head2toe.tasks.vtab import SPECS, Dataset, VtabTask, data_dir, find_prepared, set_data_dir
 from jobs.common import add_data_args
 
@@ -29,9 +29,8 @@ def chosen_tasks(values: list[str]) -> list[str]:
     names = [n for v in values for n in v.split(",") if n]
     if names == ["all"]:
         return list(SPECS)
-    unknown = [n for n in names if n not in SPECS]
-    if unknown:
-        raise H2TError(f"unknown VTAB task(s) {unknown}; choose from: {', '.join(SPECS)}, or all")
+    for n in names:
+        check_choice("VTAB task", n, SPECS, " (or all)")
     return list(dict.fromkeys(names))
 
 

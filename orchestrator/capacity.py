@@ -398,15 +398,17 @@ class _Planner:
                 "pooled batch (float32)": sh.batch_size * sum(sh.widths.values()) * F32}
 
     def image_trial(self, bb: BackboneConfig) -> dict[str, dict[str, int]]:
-        """One fine-tuning trial: weights, gradients and momentum, the activations a micro-batch saves
-        for backward (measured from the model), and the task's decoded training images."""
+        """One fine-tuning trial at the backbone's image_input_size: weights, gradients and momentum,
+        the activations a micro-batch saves for backward (measured from the model at input_size,
+        scaled by the pixel count), and the task's decoded training images."""
         sh, tc, on_gpu = self.shapes[bb], self.cfg.train_config(), self.res.image_trial.gpu > 0
+        side = bb.image_input_size or sh.input_size
         micro = tc.micro_batch or (tc.batch_size if on_gpu else 32)
         compute = {"weights + gradients + SGD momentum (float32)": 3 * sh.params * F32,
                    f"saved activations of a micro-batch of {micro} ({'bf16' if on_gpu else 'float32'})":
-                       int(micro * sh.saved_f32 * (self.a.bf16_saved_ratio if on_gpu else 1))}
-        images = max(r["train"] for r in self.rows.values()) * 3 * sh.input_size ** 2
-        host = {"Python + torch + Ray worker": self.a.worker_base_bytes, "training images (uint8 at input size)": images}
+                       int(micro * sh.saved_f32 * (side / sh.input_size) ** 2 * (self.a.bf16_saved_ratio if on_gpu else 1))}
+        images = max(r["train"] for r in self.rows.values()) * 3 * side ** 2
+        host = {"Python + torch + Ray worker": self.a.worker_base_bytes, f"training images (uint8 at {side} px)": images}
         return {"gpu": compute, "host": host} if on_gpu else {"host": {**host, **compute}}
 
     def refusals_of(self, what: str, memory: dict[str, dict[str, int]], res: Resources, res_name: str, gpu_fix: str) -> list[Refusal]:

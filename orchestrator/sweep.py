@@ -58,6 +58,7 @@ class SweepResult:
     counts: dict = field(default_factory=dict)
     # mean test accuracy (%) over seeds: {(task, backbone, method): mean}
     means: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    experiment_id: str = ""
 
 
 def init_ray(address: str | None) -> None:
@@ -255,4 +256,5 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
             tracker.end(run_id, "FAILED")
         raise
     means = {(r.task, r.backbone, r.method): float(r.mean) for r in final_accuracy(tracker, sweep_id).itertuples()}
-    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(tracker, sweep_id), counts, means)
+    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(tracker, sweep_id), counts, means,
+                       tracker.experiment_id)

@@ -157,6 +157,9 @@ class Tracker:
         if tracking_uri.startswith(("http://", "https://")):  # fail fast per request; RetryingClient waits
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            # MLflow prints two links per ended run (hundreds in a sweep), to a page that opens on the
+            # GenAI view; the sweep prints its runs page once instead (runs_page)
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.outage = Outage(tracking_uri)
         self.raw = MlflowClient(tracking_uri)
         self.client = RetryingClient(self.raw, self.outage)

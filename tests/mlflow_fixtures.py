@@ -3,7 +3,6 @@ writes), for the analysis, report and notebook tests."""
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import os
 import shutil
@@ -16,6 +15,8 @@ import numpy as np
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from head2toe.hashing import short_hash
 
 EXPERIMENT = "h2t-test"
 WIDTHS = {"stem": 40, "block1": 60, "block2": 60, "pre_logits": 40}  # 200 candidate features
@@ -53,7 +54,7 @@ class StoreBuilder:
                   "fold": fold, "stage": stage, "lr": lr, "steps": steps, "coef": coef, "target_size": target_size,
                   "keep_fractions": ",".join(map(str, keep_fractions)),
                   "keep_fraction": "" if keep_fraction is None else keep_fraction}
-        key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        key = short_hash(params, 20)
         self.clock += 1  # strictly increasing start times: "newest" is well defined
         run = self.client.create_run(self.experiment_id, start_time=self.clock, run_name=f"{stage}_{task}_{backbone}_{method}_s{seed}_{fold}", tags={
             "h2t.kind": "trial", "h2t.stage": stage, "h2t.sweep_id": self.sweep_id, "h2t.trial_key": key,

@@ -118,6 +118,20 @@ def test_memory_resources_parse_and_reach_tune():
         Resources(memory="lots")
 
 
+def test_image_trials_are_planned_at_image_input_size():
+    """Scratch/finetune train at image_input_size: the plan's images and saved activations scale with
+    its pixel count, not with the extraction's input_size."""
+    def image_memory(**bb) -> dict[str, int]:
+        cfg = config(backbones=[{"name": "efficientnet_lite0", "input_size": 64, **bb}], methods={"scratch": {"lr": [0.05], "steps": [10]}})
+        (m,) = [v["host"] for k, v in plan_capacity(cfg).memory.items() if k.startswith("image trial")]
+        return m
+
+    full, small = image_memory(), image_memory(image_input_size=32)
+    assert full["training images (uint8 at 64 px)"] == 4 * small["training images (uint8 at 32 px)"] > 0
+    (act_full,), (act_small,) = ([v for k, v in m.items() if k.startswith("saved activations")] for m in (full, small))
+    assert act_full == pytest.approx(4 * act_small, rel=1e-6)
+
+
 def test_host_memory_grant_is_checked():
     with pytest.raises(H2TError, match=r"trial task=synth_dsprites_loc .*host memory.*resources\.trial\.memory >= ") as refused:
         check_fits(config(resources={"trial": {"memory": "1GiB"}}))  # the worker alone is ~1 GiB

@@ -117,6 +117,8 @@ def test_server_gone_for_a_while_then_back(server, tmp_path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert "unreachable" in err and "back after" in err
+    # one link to the experiment's training-runs page, not MLflow's two per ended run
+    assert "View run" not in out and f"runs page:  {server.uri}/#/experiments/" in out and "workflowType=machine_learning" in out, out[-2000:]
     all_runs = runs(server.uri)
     assert trial_status_counts(all_runs) == Counter({("cv", "FINISHED"): 3, ("final", "FINISHED"): 1})
     keys = trial_keys(all_runs)

@@ -285,7 +285,7 @@ def test_vtab_prepare_dry_run_reports_state(mock_dir, tmp_path, capsys, monkeypa
     assert out[1].startswith("resisc45:3.0.0 (resisc45): ready  [needs a manual download")
     assert main(p.parse_args(["--tasks", "all", "--data-dir", str(tmp_path), "--dry-run"])) == 0
     assert len(capsys.readouterr().out.splitlines()) == 16  # datasets behind the 19 tasks, all missing
-    with pytest.raises(H2TError, match="unknown VTAB task"):
+    with pytest.raises(H2TError, match=r"^unknown VTAB task 'clevr' \(did you mean 'clevr_dist'\?\); choose one of: caltech101, .* \(or all\)$"):
         main(p.parse_args(["--tasks", "clevr", "--dry-run"]))
 
 
