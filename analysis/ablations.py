@@ -81,7 +81,7 @@ def features_vs_layers_summary(lvf: pd.DataFrame) -> str:
     diff = (lvf["features_acc"] - lvf["layers_acc"]).round(6)
     return (f"Features beat layers at {int((diff > 0).sum())} of {len(lvf)} (task, keep fraction) pairs "
             f"({int((diff == 0).sum())} ties), by {diff.mean():+.1f} points on average (the paper: selecting features "
-            "is better than selecting whole layers at equal budget).")
+            "is better than selecting layers at equal budget).")
 
 
 def target_size_summary(sizes: pd.DataFrame) -> str:

@@ -195,9 +195,9 @@ def final_accuracy(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
     return df.groupby(["task", "backbone", "method"])["test_accuracy"].agg(["mean", "std", "count"]).reset_index()
 
 
-def summary_table(tracker: Tracker, sweep_id: str) -> pd.DataFrame:
-    """Test accuracy (%) mean and std over seeds: one row per task x backbone, methods as columns."""
-    agg = final_accuracy(tracker, sweep_id)
+def summary_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """`final_accuracy`'s rows as the printed table: mean ± std over seeds, one row per task x
+    backbone, methods as columns."""
     if agg.empty:
         return agg
     agg["cell"] = [f"{m:.1f}" + (f" ± {s:.1f}" if c > 1 else "") for m, s, c in zip(agg["mean"], agg["std"].fillna(0), agg["count"])]
@@ -255,6 +255,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, resume: bool = False, address: st
         for run_id in filter(None, (stage, parent)):
             tracker.end(run_id, "FAILED")
         raise
-    means = {(r.task, r.backbone, r.method): float(r.mean) for r in final_accuracy(tracker, sweep_id).itertuples()}
-    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(tracker, sweep_id), counts, means,
+    agg = final_accuracy(tracker, sweep_id)  # one read of the final runs for the table and the means
+    means = {(r.task, r.backbone, r.method): float(r.mean) for r in agg.itertuples()}
+    return SweepResult(sweep_id, tracking_uri, cfg.experiment_name, out_dir, summary_table(agg), counts, means,
                        tracker.experiment_id)

@@ -111,8 +111,13 @@ class Outage:
                                    f"{WAIT_ENV} sets how long to wait")
 
 
+def backoff_s(attempt: int) -> float:
+    """Seconds before retry `attempt` (0-based) of a call to an unreachable server: 0.5, 1, 2 ... 15."""
+    return min(0.5 * 2 ** attempt, 15.0)
+
+
 class RetryingClient:
-    """An MlflowClient whose calls wait out an outage: backoff 0.5, 1, 2 ... 15 s, up to the
+    """An MlflowClient whose calls wait out an outage: `backoff_s` between tries, up to the
     shared deadline, then TrackingUnavailable. Other errors pass through at once."""
 
     def __init__(self, client: MlflowClient, outage: Outage):
@@ -137,7 +142,7 @@ class RetryingClient:
                     left = self._outage.remaining()
                     if left <= 0:
                         raise self._outage.error() from None
-                    time.sleep(min(0.5 * 2 ** attempt, 15.0, left))
+                    time.sleep(min(backoff_s(attempt), left))
                     attempt += 1
         return call
 
@@ -305,7 +310,7 @@ class Tracker:
         what it reads is one row per trial of this sweep."""
         finished: dict[str, object] = {}
         failed = 0
-        for r in sorted(self.search(f"tags.`{KIND}` = 'trial' and tags.`{SWEEP}` = '{sweep_id}'"), key=lambda r: r.info.start_time):
+        for r in sorted(self.trial_runs(sweep_id), key=lambda r: r.info.start_time):
             if r.info.status == "FINISHED":
                 finished[r.data.tags.get(KEY, r.info.run_id)] = r  # the newest run of a key counts
             failed += r.info.status == "FAILED"

@@ -25,7 +25,7 @@ from ray.tune import Callback
 
 from orchestrator.plan import TuneTrial
 from orchestrator.record import TrialRecord
-from orchestrator.tracking import Tracker, is_transient
+from orchestrator.tracking import Tracker, backoff_s, is_transient
 
 
 ERROR_TAG = "h2t.error"
@@ -118,7 +118,7 @@ class MlflowTrialLogger(Callback):
                 print(f"h2t: tracking server {self.tracker.uri} unreachable ({str(e).splitlines()[0][:200]}); "
                       f"holding results and retrying for up to {outage.wait_s:.0f} s", file=sys.stderr)
             outage.failed(e)
-            delay = min(0.5 * 2 ** self.attempt, 15.0)
+            delay = backoff_s(self.attempt)
             self.attempt += 1
             return delay
         self.outbox.popleft()
